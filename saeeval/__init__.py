@@ -1,0 +1,3 @@
+"""saeeval: what does splicing a sparse autoencoder into a language model do to it?"""
+
+__version__ = "0.1.0"

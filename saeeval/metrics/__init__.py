@@ -1,0 +1,1 @@
+"""torchmetrics Metric classes for task, language-modelling and reconstruction metrics."""

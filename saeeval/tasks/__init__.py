@@ -1,0 +1,1 @@
+"""Evaluation tasks, each a LightningDataModule."""

@@ -1,0 +1,51 @@
+"""Shared test fixtures: tiny models and SAEs built from configs, never downloaded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sae_lens import JumpReLUSAE, JumpReLUSAEConfig, SAE, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+from sae_lens.saes.sae import SAEMetadata
+from sae_lens import HookedSAETransformer
+from transformer_lens import HookedTransformerConfig
+
+
+def make_tiny_model(
+    n_layers: int = 2, d_model: int = 32, n_heads: int = 4, d_vocab: int = 61, n_ctx: int = 64, seed: int = 0
+) -> HookedSAETransformer:
+    """A randomly initialised HookedSAETransformer without a tokenizer (feed it token ids)."""
+    cfg = HookedTransformerConfig(
+        n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_model // n_heads, d_mlp=4 * d_model,
+        d_vocab=d_vocab, n_ctx=n_ctx, act_fn="gelu", normalization_type="LN", seed=seed,
+    )
+    model = HookedSAETransformer(cfg)
+    model.eval()
+    return model
+
+
+def make_sae(hook_name: str, d_in: int, d_sae: int = 64, arch: str = "standard", seed: int = 0) -> SAE:
+    """A random SAE whose features fire on a realistic share of inputs (non-zero biases, not all dead)."""
+    gen = torch.Generator().manual_seed(seed)
+    meta = SAEMetadata(hook_name=hook_name)
+    reshape = "hook_z" if hook_name.endswith("hook_z") else "none"
+    if arch == "standard":
+        sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae, metadata=meta, reshape_activations=reshape))
+    elif arch == "topk":
+        sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=8, metadata=meta, reshape_activations=reshape))
+    elif arch == "jumprelu":
+        sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae, metadata=meta, reshape_activations=reshape))
+    else:
+        raise ValueError(arch)
+    with torch.no_grad():
+        for name, p in sae.named_parameters():
+            if name == "threshold":
+                p.copy_(torch.rand(p.shape, generator=gen) * 0.1)
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * (0.3 if p.ndim > 1 else 0.05))
+    sae.eval()
+    return sae
+
+
+@pytest.fixture
+def tiny_model() -> HookedSAETransformer:
+    return make_tiny_model()
