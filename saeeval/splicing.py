@@ -1,0 +1,392 @@
+"""Splicing engine: one clean pass per batch, then each condition as a suffix pass from its first spliced layer.
+
+Why this shape: SAELens/SAEBench run three full forwards per SAE per batch (clean, spliced, zero-ablated).
+Here the clean pass runs once and caches only the residual stream entering each layer a suffix starts from
+and the activations at the spliced hooks; each condition (an SAE, a group of SAEs, or an ablation baseline)
+then re-runs only the blocks from its first spliced layer on, and several conditions that start at the same
+layer can share one batched forward. Hooks are attached with `model.hooks(...)` for one call only, so the model
+is never modified (no `add_sae`, no module swap). Masked-out positions keep their clean activation bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from sae_lens import SAE
+
+from saeeval.errors import SaeevalError
+
+_LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
+ABLATIONS = ("zero", "mean")
+Recon = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def hook_layer(hook_name: str) -> int | None:
+    """Block index of a hook (`blocks.3.attn.hook_z` -> 3); None for hooks outside the blocks (embeddings...)."""
+    m = _LAYER_RE.match(hook_name)
+    return int(m.group(1)) if m else None
+
+
+def _hook_key(hook_name: str) -> tuple[int, str]:
+    layer = hook_layer(hook_name)
+    return (-1 if layer is None else layer, hook_name)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One way of running the model: splice `saes` (ablation None) or ablate `hooks` ("zero" | "mean").
+
+    `baseline` names the ablation condition an SAE condition is scored against (ce_loss_score, ...).
+    """
+
+    name: str
+    saes: tuple[str, ...]
+    hooks: tuple[str, ...]
+    ablation: str | None = None
+    baseline: str | None = None
+    use_error_term: bool = False
+
+
+def _sae_hook(sae: SAE) -> str:
+    return sae.cfg.metadata.hook_name
+
+
+def build_conditions(
+    saes: Mapping[str, SAE],
+    *,
+    singles: bool = True,
+    groups: Sequence[Sequence[str]] = (),
+    ablation: str | None = "zero",
+    use_error_term: bool = False,
+) -> list[Condition]:
+    """Every SAE alone (if `singles`), every group spliced together, and one ablation baseline per hook set.
+
+    Group members are SAE names or hook names ("*" = every SAE). SAE conditions come first, then the baselines
+    in order of first use; conditions at the same hooks share one baseline.
+    """
+    if ablation is not None and ablation not in ABLATIONS:
+        raise SaeevalError(f"splice.ablation={ablation!r} is unknown; use zero, mean or null")
+    by_hook: dict[str, list[str]] = {}
+    for name, sae in saes.items():
+        by_hook.setdefault(_sae_hook(sae), []).append(name)
+
+    def resolve(member: str) -> list[str]:
+        if member == "*":
+            return list(saes)
+        if member in saes:
+            return [member]
+        if member in by_hook:
+            if len(by_hook[member]) > 1:
+                raise SaeevalError(
+                    f"splice group member {member!r} is a hook with several SAEs ({', '.join(by_hook[member])}); "
+                    "name the SAE instead"
+                )
+            return by_hook[member]
+        raise SaeevalError(
+            f"splice group member {member!r} is neither a loaded SAE nor its hook; "
+            f"available: {', '.join(sorted(set(saes) | set(by_hook)))}"
+        )
+
+    members: list[list[str]] = [[n] for n in saes] if singles else []
+    for group in groups:
+        if isinstance(group, str):
+            raise SaeevalError(f"splice group {group!r} must be a list, e.g. groups=[[{group},<another SAE>]]")
+        names = list(dict.fromkeys(n for m in group for n in resolve(str(m))))
+        if not names:
+            raise SaeevalError("splice group [] is empty; list at least one SAE or hook name")
+        hooks = [_sae_hook(saes[n]) for n in names]
+        if len(set(hooks)) < len(hooks):
+            dup = next(h for h in hooks if hooks.count(h) > 1)
+            raise SaeevalError(
+                f"splice group {'+'.join(names)} puts two SAEs at {dup}; a group may hold one SAE per hook"
+            )
+        members.append(names)
+
+    conditions: dict[str, Condition] = {}
+    baselines: dict[str, Condition] = {}
+    for names in members:
+        hooks = tuple(sorted({_sae_hook(saes[n]) for n in names}, key=_hook_key))
+        baseline = None
+        if ablation is not None:
+            base_name = f"{ablation}_ablation@{'+'.join(hooks)}"
+            baselines.setdefault(base_name, Condition(base_name, (), hooks, ablation=ablation))
+            baseline = base_name
+        name = "+".join(names)
+        conditions.setdefault(name, Condition(name, tuple(names), hooks, None, baseline, use_error_term))
+    return [*conditions.values(), *baselines.values()]
+
+
+def hooks_of(conditions: Iterable[Condition]) -> list[str]:
+    """Every hook the conditions splice or ablate, in first-use order: what `Splicer.clean` must cache."""
+    return list(dict.fromkeys(h for c in conditions for h in c.hooks))
+
+
+@dataclass
+class CleanPass:
+    """What one clean forward leaves for the conditions: logits and only the activations they need."""
+
+    tokens: torch.Tensor
+    attention_mask: torch.Tensor
+    logits: torch.Tensor
+    acts: dict[str, torch.Tensor]
+    resid_pre: dict[int, torch.Tensor]
+    shortformer_pos_embed: torch.Tensor | None = None
+    order: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class SplicedPass:
+    """Logits `[B, T, V]` under a condition and, per SAE, `(x, x_hat, feats)` at the N masked-in positions."""
+
+    condition: Condition
+    logits: torch.Tensor
+    recon: dict[str, Recon] = field(default_factory=dict)
+
+
+def encode_decode(sae: SAE, acts: torch.Tensor) -> Recon:
+    """`(x [N, d_in], x_hat [N, d_in], feats [N, d_sae])` for hook activations `[N, ...]` (hook_z: `[N, H, dh]`).
+
+    A hook_z SAE with sae_lens' reshaping on expects `[..., H, dh]` (and learns d_head from it); otherwise it
+    expects the flattened `[..., H*dh]` that sae_lens' evals feed it.
+    """
+    n, d_in = acts.shape[0], math.prod(acts.shape[1:])
+    x = acts.reshape(n, d_in)
+    inp = x.to(sae.device)
+    feats = sae.encode(inp.view(acts.shape) if getattr(sae, "hook_z_reshaping_mode", False) else inp)
+    x_hat = sae.decode(feats).reshape(n, d_in).to(x.device)
+    return x, x_hat, feats
+
+
+def _check_no_attached_saes(model: Any) -> None:
+    if getattr(model, "acts_to_saes", None):
+        raise SaeevalError("the model has SAEs attached with add_sae; call model.reset_saes() before evaluating")
+
+
+class Splicer:
+    """Runs conditions over a TransformerLens model and sae_lens SAEs without ever modifying either."""
+
+    def __init__(self, model: Any, saes: Mapping[str, SAE]) -> None:
+        _check_no_attached_saes(model)
+        self.model = model
+        self.saes = dict(saes)
+        for name, sae in self.saes.items():
+            hook = _sae_hook(sae)
+            if hook not in model.hook_dict:
+                raise SaeevalError(f"SAE {name!r} hooks {hook!r}, which the model lacks; pick an SAE for this model")
+            if sae.cfg.metadata.hook_head_index is not None:
+                raise SaeevalError(f"SAE {name!r} reads one attention head; only all-heads hook_z SAEs are supported")
+            out = sae.cfg.metadata.hook_name_out
+            if out is not None and out != hook:
+                raise SaeevalError(f"SAE {name!r} is a transcoder ({hook} -> {out}); only SAEs are supported")
+
+    def start_layer(self, cond: Condition) -> int | None:
+        """First block the condition touches; None means it must run from the embeddings (whole model)."""
+        layers = [hook_layer(h) for h in cond.hooks]
+        return None if None in layers else min(layers)  # type: ignore[type-var]
+
+    @torch.no_grad()
+    def clean(self, tokens: torch.Tensor, attention_mask: torch.Tensor, hooks: Iterable[str]) -> CleanPass:
+        """One clean forward; caches the activations at `hooks` and the residual entering each of their blocks."""
+        model = self.model
+        _check_no_attached_saes(model)
+        hooks = list(dict.fromkeys(hooks))
+        for h in hooks:
+            if h not in model.hook_dict:
+                raise SaeevalError(f"hook {h!r} is not in the model; see model.hook_dict for valid names")
+        layers = sorted({layer for h in hooks if (layer := hook_layer(h)) is not None})
+        names = list(dict.fromkeys([*hooks, *(f"blocks.{layer}.hook_resid_pre" for layer in layers)]))
+        shortformer = model.cfg.positional_embedding_type == "shortformer"
+        if shortformer and layers:
+            names.append("hook_pos_embed")
+        store: dict[str, torch.Tensor] = {}
+        order: dict[str, int] = {}
+
+        def save(act: torch.Tensor, hook: Any) -> None:
+            store[hook.name] = act
+            order.setdefault(hook.name, len(order))
+
+        with model.hooks(fwd_hooks=[(n, save) for n in names]):
+            logits = model(tokens, attention_mask=attention_mask, return_type="logits")
+        self._check_widths(store)
+        return CleanPass(
+            tokens=tokens,
+            attention_mask=attention_mask,
+            logits=logits,
+            acts={h: store[h] for h in hooks},
+            resid_pre={layer: store[f"blocks.{layer}.hook_resid_pre"] for layer in layers},
+            shortformer_pos_embed=store.get("hook_pos_embed") if shortformer else None,
+            order=order,
+        )
+
+    def _check_widths(self, store: Mapping[str, torch.Tensor]) -> None:
+        for name, sae in self.saes.items():
+            act = store.get(_sae_hook(sae))
+            if act is not None and act[0, 0].numel() != sae.cfg.d_in:
+                raise SaeevalError(
+                    f"SAE {name!r} has d_in={sae.cfg.d_in} but {_sae_hook(sae)} is {act[0, 0].numel()} wide; "
+                    "pick an SAE trained on this model"
+                )
+
+    @torch.no_grad()
+    def reconstruct(self, clean: CleanPass, sae_name: str, mask: torch.Tensor) -> Recon:
+        """`(x, x_hat, feats)` of one SAE on the clean activations at masked-in positions, without a forward."""
+        act = clean.acts[_sae_hook(self.saes[sae_name])]
+        return encode_decode(self.saes[sae_name], act[mask.to(act.device)])
+
+    def run(
+        self,
+        cond: Condition,
+        clean: CleanPass,
+        mask: torch.Tensor,
+        means: Mapping[str, torch.Tensor] | None = None,
+    ) -> SplicedPass:
+        """The model's logits (and SAE reconstructions) under one condition, from its first spliced layer on."""
+        return self.run_many([cond], clean, mask, means)[0]
+
+    def run_many(
+        self,
+        conds: Sequence[Condition],
+        clean: CleanPass,
+        mask: torch.Tensor,
+        means: Mapping[str, torch.Tensor] | None = None,
+        chunk_size: int = 1,
+    ) -> list[SplicedPass]:
+        """Run each condition; up to `chunk_size` conditions starting at the same layer share one forward
+        (their inputs concatenated along the batch), trading memory for fewer, larger matmuls."""
+        if chunk_size < 1:
+            raise SaeevalError(f"chunk_size={chunk_size} must be at least 1")
+        for cond in conds:
+            self._validate(cond, clean, means)
+        by_start: dict[int | None, list[int]] = {}
+        for i, cond in enumerate(conds):
+            by_start.setdefault(self.start_layer(cond), []).append(i)
+        results: list[SplicedPass | None] = [None] * len(conds)
+        for start, idxs in by_start.items():
+            for j in range(0, len(idxs), chunk_size):
+                chunk = idxs[j : j + chunk_size]
+                for i, res in zip(chunk, self._run_chunk([conds[i] for i in chunk], start, clean, mask, means)):
+                    results[i] = res
+        return results  # type: ignore[return-value]
+
+    def _validate(self, cond: Condition, clean: CleanPass, means: Mapping[str, torch.Tensor] | None) -> None:
+        missing = [h for h in cond.hooks if h not in clean.acts]
+        if missing:
+            raise ValueError(f"condition {cond.name!r} needs {missing} cached; pass them to Splicer.clean")
+        if cond.ablation is None:
+            unknown = [n for n in cond.saes if n not in self.saes]
+            if unknown:
+                raise SaeevalError(f"condition {cond.name!r} uses unknown SAEs {unknown}; loaded: {list(self.saes)}")
+            if sorted(_sae_hook(self.saes[n]) for n in cond.saes) != sorted(cond.hooks):
+                raise ValueError(f"condition {cond.name!r}: hooks {cond.hooks} do not match its SAEs' hooks")
+        elif cond.ablation == "mean":
+            if means is None or any(h not in means for h in cond.hooks):
+                raise ValueError(f"condition {cond.name!r} is a mean ablation; pass means for {list(cond.hooks)}")
+        elif cond.ablation != "zero":
+            raise SaeevalError(f"condition {cond.name!r}: ablation {cond.ablation!r} is unknown; use zero or mean")
+
+    @torch.no_grad()
+    def _run_chunk(
+        self,
+        conds: Sequence[Condition],
+        start: int | None,
+        clean: CleanPass,
+        mask: torch.Tensor,
+        means: Mapping[str, torch.Tensor] | None,
+    ) -> list[SplicedPass]:
+        k, b = len(conds), clean.tokens.shape[0]
+        recons: list[dict[str, Recon]] = [{} for _ in conds]
+        # The first spliced hook of a condition sees exactly the clean activation (nothing upstream changed),
+        # so it is taken from the cache: reconstructions match the clean activations bit for bit.
+        first = [min(c.hooks, key=lambda h: clean.order[h]) for c in conds]
+        sae_at = [{_sae_hook(self.saes[n]): n for n in c.saes} for c in conds]
+
+        def splice(act: torch.Tensor, hook: Any) -> torch.Tensor:
+            pieces = []
+            m = mask.to(act.device)
+            for i, cond in enumerate(conds):
+                live = act if k == 1 else act[i * b : (i + 1) * b]
+                if hook.name not in cond.hooks:
+                    pieces.append(live)
+                    continue
+                base = clean.acts[hook.name] if hook.name == first[i] else live
+                out = base.clone()
+                if cond.ablation == "zero":
+                    out[m] = 0
+                elif cond.ablation == "mean":
+                    out[m] = means[hook.name].to(out)  # type: ignore[index]
+                else:
+                    name = sae_at[i][hook.name]
+                    sel = base[m]
+                    x, x_hat, feats = encode_decode(self.saes[name], sel)
+                    new = x_hat + (x - x_hat) if cond.use_error_term else x_hat
+                    out[m] = new.reshape(sel.shape).to(out.dtype)
+                    recons[i][name] = (x, x_hat, feats)
+                pieces.append(out)
+            return pieces[0] if k == 1 else torch.cat(pieces)
+
+        def rep(t: torch.Tensor) -> torch.Tensor:
+            return t if k == 1 else t.repeat(k, *([1] * (t.ndim - 1)))
+
+        am = rep(clean.attention_mask)
+        fwd_hooks = [(h, splice) for h in hooks_of(conds)]
+        with self.model.hooks(fwd_hooks=fwd_hooks):
+            if start is None:
+                logits = self.model(rep(clean.tokens), attention_mask=am, return_type="logits")
+            else:
+                sf = clean.shortformer_pos_embed
+                logits = self.model(
+                    rep(clean.resid_pre[start]),
+                    start_at_layer=start,
+                    attention_mask=am,
+                    shortformer_pos_embed=None if sf is None else rep(sf),
+                    return_type="logits",
+                )
+        return [
+            SplicedPass(cond, logits if k == 1 else logits[i * b : (i + 1) * b], recons[i])
+            for i, cond in enumerate(conds)
+        ]
+
+
+class ActivationMeans:
+    """Mean activation per hook over masked-in positions of the whole eval set, for mean-ablation baselines.
+
+    Sums are kept in float64; call `sync()` under DDP before `compute()` so every rank ablates with the same mean.
+    """
+
+    def __init__(self, hooks: Iterable[str]) -> None:
+        self.hooks = list(dict.fromkeys(hooks))
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, torch.Tensor] = {}
+        self.dtypes: dict[str, torch.dtype] = {}
+
+    @torch.no_grad()
+    def update(self, clean: CleanPass, mask: torch.Tensor) -> None:
+        """Add the masked-in activations of one clean pass."""
+        for h in self.hooks:
+            act = clean.acts[h]
+            sel = act[mask.to(act.device)].to(torch.float64)
+            if h not in self.sums:
+                self.sums[h] = torch.zeros(act.shape[2:], dtype=torch.float64, device=act.device)
+                self.counts[h] = torch.zeros((), dtype=torch.float64, device=act.device)
+                self.dtypes[h] = act.dtype
+            self.sums[h] += sel.sum(dim=0)
+            self.counts[h] += sel.shape[0]
+
+    def sync(self) -> None:
+        """Sum the states across DDP ranks (every rank must have seen at least one batch)."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            for h in self.hooks:
+                torch.distributed.all_reduce(self.sums[h])
+                torch.distributed.all_reduce(self.counts[h])
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        """Per-hook mean vector (hook_z: `[H, dh]`) in the activation dtype."""
+        missing = [h for h in self.hooks if h not in self.counts or self.counts[h].item() == 0]
+        if missing:
+            raise SaeevalError(f"no masked-in tokens were seen at {missing}; the mask excludes every position")
+        return {h: (self.sums[h] / self.counts[h]).to(self.dtypes[h]) for h in self.hooks}
