@@ -1,0 +1,119 @@
+"""Language-modelling metrics over masked token positions: next-token cross-entropy and KL to the clean model.
+
+Both gather only the selected positions, ``chunk_size`` at a time, and upcast one chunk at a time, so a large
+vocabulary (e.g. 256k) never needs a float32 copy of the whole [B, T, V] logits: peak extra memory is about
+3 · chunk_size · V · 4 bytes (1.5 GiB for the default 512 positions at V = 256k; lower chunk_size if tight).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import Metric
+
+_F64 = torch.float64
+DEFAULT_CHUNK_SIZE = 512
+
+
+def _check_inputs(logits: Tensor, tokens_or_logits: Tensor, mask: Tensor, other: str) -> None:
+    if logits.ndim != 3:
+        raise ValueError(f"logits must be [batch, pos, vocab], got shape {tuple(logits.shape)}")
+    expect = logits.shape if other == "clean_logits" else logits.shape[:2]
+    if tokens_or_logits.shape != expect:
+        raise ValueError(f"{other} must have shape {tuple(expect)}, got {tuple(tokens_or_logits.shape)}")
+    if mask.shape != logits.shape[:2] or mask.dtype != torch.bool:
+        raise ValueError(
+            f"mask must be a bool tensor of shape {tuple(logits.shape[:2])}, got {mask.dtype} {tuple(mask.shape)}"
+        )
+
+
+def _chunks(select: Tensor, chunk_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """(batch index, position index) pairs of the True entries of ``select`` [B, T], ``chunk_size`` at a time."""
+    b_idx, t_idx = select.nonzero(as_tuple=True)
+    for start in range(0, b_idx.numel(), chunk_size):
+        yield b_idx[start : start + chunk_size], t_idx[start : start + chunk_size]
+
+
+def _compute_dtype(*tensors: Tensor) -> torch.dtype:
+    dtype = torch.float32
+    for t in tensors:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+class _MaskedMean(Metric):
+    """Float64 running Σ and count of per-position values; compute = Σ / count (NaN when count = 0)."""
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+
+    total: Tensor
+    count: Tensor
+
+    def __init__(self, chunk_size: int = DEFAULT_CHUNK_SIZE, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.chunk_size = chunk_size
+        self.add_state("total", default=torch.zeros((), dtype=_F64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros((), dtype=_F64), dist_reduce_fx="sum")
+
+    def _accumulate(self, values: Tensor) -> None:
+        self.total += values.sum(dtype=_F64).to(self.total.device)
+        self.count += values.numel()
+
+    def compute(self) -> Tensor:
+        if self.count == 0:
+            return torch.tensor(float("nan"), dtype=_F64, device=self.total.device)
+        return self.total / self.count
+
+
+class NextTokenCrossEntropy(_MaskedMean):
+    """Mean next-token cross-entropy over positions whose input AND target tokens are both unmasked.
+
+    ce = mean over (b, t), t ≤ T−2, with mask[b, t] ∧ mask[b, t+1], of −log softmax(logits[b, t])[tokens[b, t+1]].
+    Inputs: logits [B, T, V] (any float dtype; computed in ≥ float32), tokens int [B, T], mask bool [B, T].
+    Note: sae_lens ``get_recons_loss`` keeps a position when only its *input* is unmasked (mask[:, :-1]); the two
+    agree whenever masked tokens never appear as a target of an unmasked input (e.g. BOS only at position 0).
+    ``compute()`` → float64 scalar (NaN when no position qualified). higher_is_better: False.
+    """
+
+    def update(self, logits: Tensor, tokens: Tensor, mask: Tensor) -> None:
+        _check_inputs(logits, tokens, mask, "tokens")
+        if logits.shape[1] < 2:
+            return
+        logits = logits.detach()
+        select = torch.zeros_like(mask)
+        select[:, :-1] = mask[:, :-1] & mask[:, 1:]
+        dtype = _compute_dtype(logits)
+        for b, t in _chunks(select, self.chunk_size):
+            rows = logits[b, t].to(dtype)
+            self._accumulate(F.cross_entropy(rows, tokens[b, t + 1].long(), reduction="none"))
+
+
+class KLDivergence(_MaskedMean):
+    """Mean KL(P_clean ‖ P) over unmasked positions: how far a condition's next-token distribution moves.
+
+    kl = mean over (b, t) with mask[b, t] of Σ_v p_clean(v) · (log p_clean(v) − log p(v)), with p = softmax(logits).
+    Per position this equals sae_lens ``evals._kl(original_logits=clean, new_logits=logits)``
+    (``F.kl_div(log_softmax(new), softmax(original)).sum(-1)``), and like it the mask selects positions by the
+    input token. Inputs: clean_logits and logits [B, T, V] (any float dtype; computed in ≥ float32),
+    mask bool [B, T]. Terms with p_clean(v) = 0 contribute 0. ``compute()`` → float64 scalar (NaN when empty).
+    higher_is_better: False.
+    """
+
+    def update(self, clean_logits: Tensor, logits: Tensor, mask: Tensor) -> None:
+        _check_inputs(logits, clean_logits, mask, "clean_logits")
+        clean_logits, logits = clean_logits.detach(), logits.detach()
+        dtype = _compute_dtype(clean_logits, logits)
+        for b, t in _chunks(mask, self.chunk_size):
+            log_p_clean = F.log_softmax(clean_logits[b, t].to(dtype), dim=-1)
+            terms = F.log_softmax(logits[b, t].to(dtype), dim=-1).neg_().add_(log_p_clean)  # log p_clean − log p
+            p_clean = log_p_clean.exp_()  # in place: one [chunk, V] buffer fewer
+            terms.mul_(p_clean).masked_fill_(p_clean == 0, 0.0)
+            self._accumulate(terms.sum(-1))

@@ -1,0 +1,85 @@
+"""Real two-process gloo sync: every metric's compute() after all_gather equals the single-process result."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from saeeval.metrics.lm_loss import KLDivergence, NextTokenCrossEntropy
+from saeeval.metrics.logit_diff import GroupedLogitDiff, LogitDiff, PerExample
+from saeeval.metrics.reconstruction import Reconstruction
+
+WORLD = 2
+
+
+def make_data() -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(23, 8, generator=gen) + 1
+    return {
+        "ld": torch.randn(31, generator=gen, dtype=torch.float64),
+        "group": torch.randint(0, 5, (31,), generator=gen),
+        "ids": torch.randperm(31, generator=gen),
+        "logits": torch.randn(5, 7, 11, generator=gen),
+        "clean": torch.randn(5, 7, 11, generator=gen),
+        "tokens": torch.randint(0, 11, (5, 7), generator=gen),
+        "mask": torch.rand(5, 7, generator=gen) > 0.2,
+        "x": x,
+        "x_hat": x + 0.2 * torch.randn(23, 8, generator=gen),
+        "feats": torch.relu(torch.randn(23, 16, generator=gen) - 0.5),
+    }
+
+
+def evaluate(data: dict[str, torch.Tensor], ex: slice, seq: slice, tok: slice, pe: slice) -> dict[str, object]:
+    """Feed each metric its share (examples / sequences / tokens / per-example ids) and compute (syncs under DDP)."""
+    ld, gld, per = LogitDiff(), GroupedLogitDiff(5), PerExample()
+    ce, kl, rec = NextTokenCrossEntropy(), KLDivergence(), Reconstruction(8, 16)
+    ld.update(data["ld"][ex])
+    gld.update(data["ld"][ex], data["group"][ex])
+    per.update(data["ids"][pe], data["ld"][pe])
+    ce.update(data["logits"][seq], data["tokens"][seq], data["mask"][seq])
+    kl.update(data["clean"][seq], data["logits"][seq], data["mask"][seq])
+    rec.update(data["x"][tok], data["x_hat"][tok], data["feats"][tok])
+    return {
+        "ld": ld.compute(), "gld": gld.compute(), "pooled": gld.summarize([0, 2, 4]), "per": per.compute(),
+        "ce": ce.compute(), "kl": kl.compute(), "rec": rec.compute(),
+    }
+
+
+def _worker(rank: int, init_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    bounds = {"ex": (0, 12, 31), "seq": (0, 2, 5), "tok": (0, 17, 23), "pe": (0, 31, 31)}  # rank 1: no ids at all
+    shares = {k: slice(b[rank], b[rank + 1]) for k, b in bounds.items()}
+    result = evaluate(make_data(), **shares)
+    torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def _assert_close(got: object, want: object) -> None:
+    if isinstance(want, dict):
+        assert got.keys() == want.keys()
+        for key in want:
+            _assert_close(got[key], want[key])
+    elif isinstance(want, tuple):
+        for g, w in zip(got, want):
+            _assert_close(g, w)
+    elif isinstance(want, torch.Tensor):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15, equal_nan=True)
+    else:
+        assert got == pytest.approx(want, rel=1e-12, nan_ok=True)
+
+
+@pytest.mark.slow
+def test_gloo_two_ranks_with_uneven_and_empty_shares_match_one_process() -> None:
+    torch.set_num_threads(1)
+    everything = slice(None)
+    want = evaluate(make_data(), everything, everything, everything, everything)
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_worker, args=(os.path.join(tmp, "init"), tmp), nprocs=WORLD, join=True)
+        for rank in range(WORLD):
+            _assert_close(torch.load(os.path.join(tmp, f"rank{rank}.pt"), weights_only=True), want)
