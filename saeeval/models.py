@@ -1,0 +1,198 @@
+"""Load the model under evaluation as a HookedSAETransformer, from three places, never silently online.
+
+Resolution order for `name`: a bundled zoo model, a local folder (zoo format or a Hugging Face model), a
+TransformerLens pretrained name. Every failure is a one-line `SaeevalError` that says what to do instead.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from sae_lens import HookedSAETransformer
+from transformer_lens import HookedTransformerConfig
+from transformer_lens import loading_from_pretrained as tl_loading
+
+from saeeval.errors import SaeevalError
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+# TransformerLens weight processing: all off by default so the model computes exactly what the checkpoint does.
+_PROCESSING_KEYS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases",
+                    "refactor_factored_attn_matrices")
+_CONFIG_KEYS = ("default_prepend_bos", "n_ctx", "first_n_layers")
+
+
+def default_zoo_root() -> Path:
+    """The folder holding the bundled zoo (`saeeval/zoo/`), wherever the package is installed."""
+    return Path(str(files("saeeval.zoo")))
+
+
+def available_zoo_models(zoo_root: str | Path | None = None) -> list[str]:
+    """Names of the bundled models: zoo sub-folders that hold a `model/config.json`."""
+    root = Path(zoo_root) if zoo_root is not None else default_zoo_root()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "model" / "config.json").is_file())
+
+
+def load_model(
+    name: str = "tiny",
+    *,
+    device: str = "cpu",
+    dtype: str = "float32",
+    from_pretrained_kwargs: dict[str, Any] | None = None,
+    zoo_root: str | Path | None = None,
+) -> HookedSAETransformer:
+    """Load `name` (zoo name | local zoo-format or Hugging Face folder | TransformerLens name) in eval mode.
+
+    No weight processing (layer-norm folding, centering) is applied unless `from_pretrained_kwargs` asks for
+    it, so logits equal the original checkpoint's; SAEs trained on processed weights need the same flags.
+    """
+    torch_dtype = _torch_dtype(dtype)
+    kwargs = dict(from_pretrained_kwargs or {})
+    zoo = Path(zoo_root) if zoo_root is not None else default_zoo_root()
+    if name in available_zoo_models(zoo):
+        model = _load_zoo_folder(zoo / name / "model", name, device, torch_dtype, kwargs)
+    elif Path(name).exists():
+        model = _load_local_folder(Path(name), device, torch_dtype, kwargs)
+    elif _is_transformer_lens_name(name):
+        model = _load_transformer_lens(name, device, dtype, kwargs)
+    else:
+        zoo_names = ", ".join(available_zoo_models(zoo)) or "tiny"
+        raise SaeevalError(
+            f"unknown model '{name}': use a zoo name ({zoo_names}), a TransformerLens model name "
+            "(e.g. gpt2-small) or a local Hugging Face folder"
+        )
+    model.eval()
+    return model
+
+
+def _torch_dtype(dtype: str) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise SaeevalError(f"unknown dtype '{dtype}': use one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _is_transformer_lens_name(name: str) -> bool:
+    try:
+        tl_loading.get_official_model_name(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_zoo_format(folder: Path) -> bool:
+    """Zoo folders store HookedTransformerConfig fields (d_model, ...); HF configs carry a model_type."""
+    cfg = json.loads((folder / "config.json").read_text())
+    return "model_type" not in cfg and "d_model" in cfg
+
+
+def _load_local_folder(folder: Path, device: str, dtype: torch.dtype, kwargs: dict[str, Any]) -> HookedSAETransformer:
+    if not (folder / "config.json").is_file():
+        raise SaeevalError(
+            f"model folder '{folder}' has no config.json: point model.name at a Hugging Face model folder "
+            "(saved with save_pretrained) or a zoo-format model folder"
+        )
+    if _is_zoo_format(folder):
+        return _load_zoo_folder(folder, folder.parent.name if folder.name == "model" else folder.name,
+                                device, dtype, kwargs)
+    return _load_hf_folder(folder, device, dtype, kwargs)
+
+
+def _load_zoo_folder(
+    folder: Path, name: str, device: str, dtype: torch.dtype, kwargs: dict[str, Any]
+) -> HookedSAETransformer:
+    """config.json = HookedTransformerConfig kwargs, model.safetensors = its state_dict, tokenizer files."""
+    from transformers import PreTrainedTokenizerFast
+
+    if kwargs:
+        raise SaeevalError(
+            f"zoo model '{name}' takes no from_pretrained_kwargs (got {sorted(kwargs)}): remove them from the "
+            "model config"
+        )
+    cfg_kwargs = json.loads((folder / "config.json").read_text())
+    cfg_kwargs.setdefault("model_name", name)
+    cfg_kwargs.update(device=device, dtype=dtype, init_weights=False)
+    cfg = HookedTransformerConfig(**cfg_kwargs)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder)) if (folder / "tokenizer.json").is_file() else None
+    model = HookedSAETransformer(cfg, tokenizer=tokenizer)
+    state_dict = load_file(str(folder / "model.safetensors"), device=str(device))
+    missing, unexpected = model.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, strict=False)
+    buffers = {k for k, _ in model.named_buffers()}
+    missing_params = [k for k in missing if k not in buffers]
+    if missing_params or unexpected:
+        raise SaeevalError(
+            f"zoo model '{name}' weights do not match its config.json (missing {missing_params[:3]}, unexpected "
+            f"{list(unexpected)[:3]}): rebuild it with scripts/build_zoo.py"
+        )
+    return model
+
+
+def _load_hf_folder(folder: Path, device: str, dtype: torch.dtype, kwargs: dict[str, Any]) -> HookedSAETransformer:
+    """Convert a local Hugging Face causal LM with TransformerLens's converters, without touching the network.
+
+    `HookedTransformer.from_pretrained` insists on an official model name; the lower-level loaders accept a
+    path plus the already loaded `hf_model`, so nothing is fetched.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    processing = {k: kwargs.pop(k, False) for k in _PROCESSING_KEYS}
+    config_kwargs = {k: kwargs.pop(k) for k in _CONFIG_KEYS if k in kwargs}
+    path = str(folder.resolve())
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        with tempfile.TemporaryDirectory(prefix="saeeval-hf-config-") as tmp:
+            config_dir = _config_only_folder(hf_model.config, Path(tmp))
+            cfg = tl_loading.get_pretrained_model_config(
+                config_dir, hf_cfg=hf_model.config.to_dict(), fold_ln=processing["fold_ln"], device=device,
+                dtype=dtype, **config_kwargs,
+            )
+            state_dict = tl_loading.get_pretrained_state_dict(config_dir, cfg, hf_model=hf_model, dtype=dtype)
+    except (OSError, ValueError, KeyError, AttributeError, NotImplementedError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SaeevalError(
+            f"could not load Hugging Face folder '{folder}' ({first_line}): it needs config.json, the weights and "
+            "tokenizer files of a causal LM that TransformerLens supports"
+        ) from err
+    cfg.model_name = folder.resolve().name
+    model = HookedSAETransformer(cfg, tokenizer, move_to_device=False)
+    model.load_and_process_state_dict(state_dict, **processing)
+    model.move_model_modules_to_device()
+    return model
+
+
+def _config_only_folder(hf_config: Any, tmp: Path) -> str:
+    """A neutrally named copy of the HF config that TransformerLens's converter can read.
+
+    TL infers some architectures from the *path* (any path containing "llama" or "gemma" skips reading the
+    config), and its GPT-2 converter reads the legacy `n_ctx` key that transformers 5 no longer writes.
+    """
+    folder = tmp / "model"
+    hf_config.save_pretrained(str(folder))
+    cfg_file = folder / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    if "n_ctx" not in cfg and "n_positions" in cfg:
+        cfg["n_ctx"] = cfg["n_positions"]
+    cfg_file.write_text(json.dumps(cfg))
+    return str(folder)
+
+
+def _load_transformer_lens(name: str, device: str, dtype: str, kwargs: dict[str, Any]) -> HookedSAETransformer:
+    try:
+        return HookedSAETransformer.from_pretrained_no_processing(name, device=device, dtype=dtype, **kwargs)
+    except OSError as err:
+        raise SaeevalError(
+            f"weights for TransformerLens model '{name}' are not available offline (no network and not in the "
+            "Hugging Face cache): download them once with network access, or use a local Hugging Face folder"
+        ) from err

@@ -1,0 +1,230 @@
+"""Load SAEs (bundled zoo | sae_lens pretrained release | SAELens folders) and check they fit the model.
+
+`HookedSAETransformer.add_sae` only warns on a wrong hook name and a wrong width fails deep inside a forward
+pass, so every SAE is validated here first: hook exists, d_in matches the activation, device/dtype match.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from sae_lens import SAE, HookedSAETransformer
+from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+from sae_lens.util import dtype_to_str
+
+from saeeval.errors import SaeevalError
+from saeeval.models import available_zoo_models, default_zoo_root
+
+SOURCES = ("zoo", "release", "folder")
+
+
+def sae_hook(sae: SAE) -> str:
+    """The hook the SAE reads from and writes back to (`sae.cfg.metadata.hook_name`)."""
+    return sae.cfg.metadata.hook_name
+
+
+def load_saes(
+    model: HookedSAETransformer,
+    *,
+    source: str = "zoo",
+    name: str | None = None,
+    hooks: list[str] | None = None,
+    release: str | None = None,
+    sae_ids: list[str] | None = None,
+    layers: list[int] | None = None,
+    id_template: str | None = None,
+    paths: list[str] | None = None,
+    zoo_root: str | Path | None = None,
+) -> dict[str, SAE]:
+    """Load SAEs onto the model's device and dtype, validated against it, keyed by a unique name.
+
+    Keys: zoo → hook name; release → sae_id; folder → folder name (a clash gets a `__2`, `__3` suffix),
+    so two SAEs on the same hook can be compared.
+    """
+    device, dtype = _model_device(model), model.cfg.dtype
+    if source == "zoo":
+        saes = _load_zoo(model, name, hooks, zoo_root, device, dtype)
+    elif source == "release":
+        saes = _load_release(release, _expand_ids(sae_ids, layers, id_template), device, dtype)
+    elif source == "folder":
+        saes = _load_folders(paths, device, dtype)
+    else:
+        raise SaeevalError(f"unknown SAE source '{source}': use one of {', '.join(SOURCES)}")
+    validate_saes(saes, model)
+    return saes
+
+
+def validate_saes(saes: dict[str, SAE], model: HookedSAETransformer) -> None:
+    """Validate every SAE against the model, with one shared 1-token forward pass for the widths."""
+    shapes = _activation_shapes(model, [sae_hook(s) for s in saes.values() if sae_hook(s) in model.hook_dict])
+    for key, sae in saes.items():
+        _validate(key, sae, model, shapes)
+
+
+def validate_sae(name: str, sae: SAE, model: HookedSAETransformer) -> None:
+    """Raise a one-line SaeevalError unless `sae` can be spliced into `model` at its hook as it is."""
+    validate_saes({name: sae}, model)
+
+
+def _validate(name: str, sae: SAE, model: HookedSAETransformer, shapes: dict[str, torch.Size]) -> None:
+    hook = sae_hook(sae)
+    if hook is None:
+        raise SaeevalError(f"SAE '{name}' has no hook name: set cfg.metadata.hook_name to a hook of the model")
+    if hook not in model.hook_dict:
+        close = difflib.get_close_matches(hook, list(model.hook_dict), n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}?" if close else f"e.g. {_example_hooks(model)}"
+        raise SaeevalError(
+            f"SAE '{name}' hook '{hook}' is not a hook of model '{model.cfg.model_name}' ({hint}): use an SAE "
+            "trained on this model or fix its metadata.hook_name"
+        )
+    shape = shapes[hook]
+    width = math.prod(shape[-2:]) if sae.cfg.reshape_activations == "hook_z" else shape[-1]
+    if sae.cfg.d_in != width:
+        raise SaeevalError(
+            f"SAE '{name}' at hook '{hook}' has d_in={sae.cfg.d_in} but model '{model.cfg.model_name}' has width "
+            f"{width} there (activation shape {tuple(shape[2:])} per token): use an SAE trained on this model"
+        )
+    sae_param = next(sae.parameters())
+    model_device = _model_device(model)
+    wrong_device = not _same_device(sae_param.device, model_device)
+    wrong_dtype = sae_param.dtype != model.cfg.dtype or sae.dtype != model.cfg.dtype
+    if wrong_device or wrong_dtype:
+        raise SaeevalError(
+            f"SAE '{name}' at hook '{hook}' is {dtype_to_str(sae_param.dtype)} on {sae_param.device} but the model "
+            f"is {dtype_to_str(model.cfg.dtype)} on {model_device}: call sae.to(device='{model_device}', "
+            f"dtype=torch.{dtype_to_str(model.cfg.dtype)}) before splicing"
+        )
+
+
+def _activation_shapes(model: HookedSAETransformer, hooks: list[str]) -> dict[str, torch.Size]:
+    """Shapes of the activations at `hooks` on a single token: robust for every hook type."""
+    if not hooks:
+        return {}
+    wanted = set(hooks)
+    tokens = torch.zeros((1, 1), dtype=torch.long, device=_model_device(model))
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in wanted, return_type=None)
+    return {hook: cache[hook].shape for hook in wanted}
+
+
+def _example_hooks(model: HookedSAETransformer) -> str:
+    return ", ".join(h for h in ("blocks.0.hook_resid_post", "blocks.0.attn.hook_z") if h in model.hook_dict)
+
+
+def _model_device(model: HookedSAETransformer) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index or 0) == (b.index or 0)
+
+
+def _unique_key(key: str, taken: dict[str, Any]) -> str:
+    n = 2
+    unique = key
+    while unique in taken:
+        unique, n = f"{key}__{n}", n + 1
+    return unique
+
+
+def _load_zoo(
+    model: HookedSAETransformer, name: str | None, hooks: list[str] | None, zoo_root: str | Path | None,
+    device: torch.device, dtype: torch.dtype,
+) -> dict[str, SAE]:
+    root = Path(zoo_root) if zoo_root is not None else default_zoo_root()
+    name = name or model.cfg.model_name
+    sae_root = root / name / "saes"
+    folders = sorted(p for p in sae_root.iterdir() if (p / "cfg.json").is_file()) if sae_root.is_dir() else []
+    if not folders:
+        zoo = ", ".join(available_zoo_models(root)) or "none installed"
+        raise SaeevalError(f"zoo model '{name}' has no bundled SAEs: use saes.name from the zoo ({zoo}) or another "
+                           "SAE source (release, folder)")
+    saes: dict[str, SAE] = {}
+    for folder in folders:
+        sae = _load_folder(folder, device, dtype)
+        hook = sae_hook(sae)
+        key = hook if hook not in saes else folder.name
+        saes[_unique_key(key, saes)] = sae
+    if hooks is None:
+        return saes
+    available = sorted({sae_hook(s) for s in saes.values()})
+    unknown = [h for h in hooks if h not in available]
+    if unknown:
+        raise SaeevalError(
+            f"zoo '{name}' has no SAE at hook '{unknown[0]}': choose saes.hooks from {', '.join(available)}"
+        )
+    return {k: s for k, s in saes.items() if sae_hook(s) in hooks}
+
+
+def _load_folder(path: Path, device: torch.device, dtype: torch.dtype) -> SAE:
+    if not (path / "cfg.json").is_file():
+        raise SaeevalError(
+            f"SAE folder '{path}' has no cfg.json: point saes.paths at folders written by sae.save_model()"
+        )
+    return SAE.load_from_disk(str(path), device=str(device), dtype=dtype_to_str(dtype))
+
+
+def _load_folders(paths: list[str] | None, device: torch.device, dtype: torch.dtype) -> dict[str, SAE]:
+    if not paths:
+        raise SaeevalError("SAE source 'folder' needs saes.paths: give a list of folders written by sae.save_model()")
+    saes: dict[str, SAE] = {}
+    for path in paths:
+        folder = Path(path)
+        saes[_unique_key(folder.resolve().name, saes)] = _load_folder(folder, device, dtype)
+    return saes
+
+
+def _expand_ids(sae_ids: list[str] | None, layers: list[int] | None, id_template: str | None) -> list[str]:
+    """sae_ids as given, then one id per layer from `id_template` (e.g. "blocks.{layer}.hook_resid_pre")."""
+    ids = list(sae_ids or [])
+    if layers is not None:
+        if not id_template or "{layer}" not in id_template:
+            raise SaeevalError(
+                "saes.layers needs saes.id_template containing '{layer}', e.g. 'blocks.{layer}.hook_resid_pre'"
+            )
+        ids += [id_template.format(layer=layer) for layer in layers]
+    if not ids:
+        raise SaeevalError("SAE source 'release' needs saes.sae_ids or saes.layers (with saes.id_template)")
+    return list(dict.fromkeys(ids))
+
+
+def _check_release(release: str | None, sae_ids: list[str]) -> None:
+    """Fail before any download when the release or an id is not in sae_lens's registry."""
+    directory = get_pretrained_saes_directory()
+    if not release:
+        raise SaeevalError("SAE source 'release' needs saes.release, e.g. gpt2-small-res-jb")
+    if release not in directory:
+        if "/" in release:
+            return  # a Hugging Face repo id in SAELens format: sae_lens loads it directly
+        close = difflib.get_close_matches(release, list(directory), n=3, cutoff=0.5)
+        hint = ", ".join(close or list(directory)[:3])
+        raise SaeevalError(f"unknown SAE release '{release}': use a sae_lens release name (e.g. {hint}) or a "
+                           "Hugging Face repo id")
+    valid = list(directory[release].saes_map)
+    for sae_id in sae_ids:
+        if sae_id not in valid:
+            close = difflib.get_close_matches(sae_id, valid, n=3, cutoff=0.5)
+            hint = ", ".join(close or valid[:3])
+            raise SaeevalError(f"release '{release}' has no SAE id '{sae_id}': use one of its ids (e.g. {hint}; "
+                               f"{len(valid)} in all)")
+
+
+def _load_release(
+    release: str | None, sae_ids: list[str], device: torch.device, dtype: torch.dtype
+) -> dict[str, SAE]:
+    _check_release(release, sae_ids)
+    saes: dict[str, SAE] = {}
+    for sae_id in sae_ids:
+        try:
+            sae = SAE.from_pretrained(release, sae_id, device=str(device), dtype=dtype_to_str(dtype))
+        except OSError as err:
+            raise SaeevalError(
+                f"could not download SAE '{sae_id}' of release '{release}' (no network and not in the Hugging Face "
+                "cache): download it once with network access, or save it with sae.save_model and use saes=folder"
+            ) from err
+        saes[_unique_key(sae_id, saes)] = sae
+    return saes
