@@ -1,0 +1,243 @@
+"""SAEEvalModule: a LightningModule whose test loop feeds torchmetrics states for every splice condition.
+
+Per batch: one clean pass, then each condition runs from its first spliced layer (saeeval.splicing). All numbers
+are metric states (sums or concatenations), so a DDP run gives the single-process result; they are computed
+once, at epoch end, into the results dict that saeeval.results writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from sae_lens import SAE
+from torch import Tensor, nn
+
+from saeeval.masks import TokenMask
+from saeeval.metrics.lm_loss import KLDivergence, NextTokenCrossEntropy
+from saeeval.metrics.logit_diff import GroupedLogitDiff, LogitDiff, PerExample
+from saeeval.metrics.reconstruction import Reconstruction
+from saeeval.metrics.stats import ce_loss_score, kl_div_score, recovered
+from saeeval.splicing import ActivationMeans, Condition, Splicer
+
+CLEAN = "clean"
+
+
+class ConditionMetrics(nn.Module):
+    """The metric states of one condition (clean or spliced/ablated)."""
+
+    def __init__(self, has_answers: bool, num_groups: int, recon: Mapping[str, tuple[int, int]], paired: bool):
+        super().__init__()
+        self.ce = NextTokenCrossEntropy()
+        self.kl = KLDivergence() if paired else None
+        self.ld = LogitDiff() if has_answers else None
+        self.delta = LogitDiff() if has_answers and paired else None
+        self.grouped = GroupedLogitDiff(num_groups) if has_answers else None
+        self.per_example = PerExample() if has_answers else None
+        self.recon_names = list(recon)
+        self.recon = nn.ModuleList(Reconstruction(d_in, d_sae) for d_in, d_sae in recon.values())
+
+
+class SAEEvalModule(L.LightningModule):
+    """Evaluate `conditions` (SAE splices and ablation baselines) against the clean model on a task's batches.
+
+    `task` is the bound TaskDataModule (read for `has_answers`, `groups`, `slice_fields`); the results dict is
+    left in `self.results` after `trainer.test` (on every rank; only rank 0 writes files).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        saes: Mapping[str, SAE],
+        conditions: Sequence[Condition],
+        mask: TokenMask,
+        special_ids: Sequence[int],
+        has_answers: bool,
+        num_groups: int,
+    ):
+        super().__init__()
+        self.model = model.requires_grad_(False)
+        self.sae_names = list(saes)
+        self.sae_modules = nn.ModuleList(sae.requires_grad_(False) for sae in saes.values())
+        self.conditions = list(conditions)
+        self.token_mask = mask
+        self.special_ids = list(special_ids)
+        self.has_answers = has_answers
+        self.hooks = sorted({h for c in self.conditions for h in c.hooks})
+        self.metrics = nn.ModuleList(
+            [ConditionMetrics(has_answers, num_groups, {}, paired=False)]
+            + [
+                ConditionMetrics(has_answers, num_groups, self._recon_shapes(c), paired=True)
+                for c in self.conditions
+            ]
+        )
+        self.means: dict[str, Tensor] | None = None
+        self.results: dict[str, Any] | None = None
+
+    @property
+    def saes(self) -> dict[str, SAE]:
+        return dict(zip(self.sae_names, self.sae_modules))
+
+    def _recon_shapes(self, cond: Condition) -> dict[str, tuple[int, int]]:
+        if cond.ablation is not None:
+            return {}
+        saes = self.saes
+        return {name: (saes[name].cfg.d_in, saes[name].cfg.d_sae) for name in cond.saes}
+
+    def _mask(self, batch: Mapping[str, Any]) -> Tensor:
+        return self.token_mask(batch["tokens"], batch["attention_mask"], batch.get("positions"), self.special_ids)
+
+    def on_test_start(self) -> None:
+        if any(c.ablation == "mean" for c in self.conditions):
+            self.means = self._mean_activations()
+
+    @torch.no_grad()
+    def _mean_activations(self) -> dict[str, Tensor]:
+        """Mean activation per hook over the masked-in positions of the whole eval set (summed over ranks)."""
+        splicer = Splicer(self.model, self.saes)
+        means = ActivationMeans(self.hooks)
+        for batch in self.trainer.datamodule.test_dataloader():
+            batch = self.transfer_batch_to_device(batch, self.device, 0)
+            means.update(splicer.clean(batch["tokens"], batch["attention_mask"], self.hooks), self._mask(batch))
+        means.sync()
+        return means.compute()
+
+    @torch.no_grad()
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        tokens, attention_mask = batch["tokens"], batch["attention_mask"]
+        mask = self._mask(batch)
+        splicer = Splicer(self.model, self.saes)
+        clean = splicer.clean(tokens, attention_mask, self.hooks)
+        clean_ld = self._update(self.metrics[0], clean.logits, None, batch, mask, None)
+        for cond, metrics in zip(self.conditions, self.metrics[1:]):
+            out = splicer.run(cond, clean, mask, self.means)
+            self._update(metrics, out.logits, clean.logits, batch, mask, clean_ld)
+            for name, recon in zip(metrics.recon_names, metrics.recon):
+                recon.update(*out.recon[name])
+
+    def _update(
+        self,
+        m: ConditionMetrics,
+        logits: Tensor,
+        clean_logits: Tensor | None,
+        batch: Mapping[str, Any],
+        mask: Tensor,
+        clean_ld: Tensor | None,
+    ) -> Tensor | None:
+        m.ce.update(logits, batch["tokens"], mask)
+        if m.kl is not None:
+            m.kl.update(clean_logits, logits, mask)
+        if not self.has_answers:
+            return None
+        last = logits[:, -1].float()  # rows are left-padded: the answer is predicted at the last column
+        ld = last.gather(1, batch["correct"][:, None])[:, 0] - last.gather(1, batch["incorrect"][:, None])[:, 0]
+        m.ld.update(ld)
+        m.grouped.update(ld, batch["group"])
+        m.per_example.update(batch["example_id"], ld)
+        if m.delta is not None:
+            m.delta.update(ld - clean_ld)
+        return ld
+
+    def on_test_epoch_end(self) -> None:
+        self.results = self.compute_results()
+
+    def compute_results(self) -> dict[str, Any]:
+        """Compute every metric (synced across ranks) into the `conditions`/`slices` parts of results.json."""
+        task = self.trainer.datamodule
+        computed = [_compute(m) for m in self.metrics]
+        by_name = dict(zip([CLEAN] + [c.name for c in self.conditions], computed))
+        clean = computed[0]
+        conditions: dict[str, Any] = {CLEAN: {"task": clean["task"], "lm": {"ce_loss": clean["ce"]}}}
+        for cond, res in zip(self.conditions, computed[1:]):
+            base = by_name.get(cond.baseline) if cond.baseline else None
+            lm = {"ce_loss": res["ce"], "ce_loss_delta": _sub(res["ce"], clean["ce"]), "kl_div": res["kl"]}
+            entry: dict[str, Any] = {
+                "saes": list(cond.saes),
+                "hooks": list(cond.hooks),
+                "ablation": cond.ablation,
+                "baseline": cond.baseline,
+                "use_error_term": cond.use_error_term,
+                "task": dict(res["task"]),
+                "lm": lm,
+            }
+            if base is not None:
+                lm["ce_loss_score"] = ce_loss_score(clean["ce"], res["ce"], base["ce"])
+                lm["kl_div_score"] = kl_div_score(res["kl"], base["kl"])
+                if self.has_answers:
+                    entry["task"]["logit_diff_recovered"] = recovered(
+                        clean["task"]["logit_diff"], res["task"]["logit_diff"], base["task"]["logit_diff"]
+                    )
+            if res["recon"]:
+                saes = self.saes
+                entry["reconstruction"] = {saes[n].cfg.metadata.hook_name: r for n, r in res["recon"].items()}
+            conditions[cond.name] = entry
+        results: dict[str, Any] = {"conditions": conditions}
+        if self.has_answers:
+            results["slices"], results["gaps"] = _slices(task, self.metrics, [CLEAN] + [c.name for c in self.conditions])
+            results["samples"] = {
+                name: m.per_example.compute() for name, m in zip(by_name, self.metrics)
+            }
+        return results
+
+
+def _compute(m: ConditionMetrics) -> dict[str, Any]:
+    out: dict[str, Any] = {"ce": _float(m.ce.compute()), "kl": _float(m.kl.compute()) if m.kl else None}
+    out["task"] = {k: _float(v) for k, v in m.ld.compute().items()} if m.ld is not None else {}
+    if m.delta is not None:
+        out["task"].update({f"delta_{k}": _float(v) for k, v in m.delta.compute().items() if k.startswith("logit")})
+    if m.grouped is not None:
+        m.grouped.compute()
+    out["recon"] = {name: {k: _float(v) for k, v in r.compute().items()} for name, r in zip(m.recon_names, m.recon)}
+    return out
+
+
+def _slices(task: Any, metrics: Sequence[ConditionMetrics], names: Sequence[str]) -> tuple[dict, dict]:
+    """Per slice value (e.g. identity=african, label=toxic): accuracy, mean logit diff, FPR/FNR; and the gaps."""
+    groups: list[dict[str, str]] = task.groups
+    slices: dict[str, dict[str, Any]] = {}
+    gaps: dict[str, dict[str, Any]] = {}
+    for field in task.slice_fields:
+        values = list(dict.fromkeys(g[field] for g in groups))
+        per_value: dict[str, dict[str, dict[str, Any]]] = {}
+        for value in values:
+            idx = [i for i, g in enumerate(groups) if g[field] == value]
+            key = f"{field}={value}"
+            slices[key] = {}
+            for name, m in zip(names, metrics):
+                s = m.grouped.summarize(idx)
+                stats = {k: _float(v) for k, v in s.items()}
+                if "label" in task.slice_fields:
+                    for label, rate in (("nontoxic", "false_positive_rate"), ("toxic", "false_negative_rate")):
+                        sub = [i for i in idx if groups[i].get("label") == label]
+                        stats[rate] = _float(m.grouped.summarize(sub)["error_rate"]) if sub else None
+                slices[key][name] = stats
+                per_value.setdefault(name, {})[value] = stats
+        if len(values) > 1:
+            gaps[field] = {name: _gap(vals) for name, vals in per_value.items()}
+    return slices, gaps
+
+
+def _gap(per_value: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Spread of accuracy and mean logit diff across the values of one slice field (the bias signal)."""
+    out: dict[str, Any] = {}
+    for metric in ("accuracy", "logit_diff"):
+        vals = {v: s[metric] for v, s in per_value.items() if s.get(metric) is not None}
+        if vals:
+            lo, hi = min(vals, key=vals.get), max(vals, key=vals.get)
+            out[f"{metric}_gap"] = vals[hi] - vals[lo]
+            out[f"{metric}_lowest"], out[f"{metric}_highest"] = lo, hi
+    return out
+
+
+def _float(v: Any) -> float | None:
+    """A finite Python float, or None (results never hold NaN or inf)."""
+    if v is None:
+        return None
+    f = float(v)
+    return f if f == f and abs(f) != float("inf") else None
+
+
+def _sub(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b

@@ -1,0 +1,101 @@
+"""results.json / samples.jsonl: writing them atomically, reading them back, and skipping finished configs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import saeeval
+
+SCHEMA_VERSION = 1
+RESULTS_FILE = "results.json"
+SAMPLES_FILE = "samples.jsonl"
+# Keys that change where or how a run executes but not what it computes.
+_UNHASHED = ("hydra", "force", "plot", "trainer", "logger")
+_PACKAGES = ("torch", "transformer_lens", "sae_lens", "lightning", "torchmetrics", "hydra-core", "transformers")
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """A stable hash of what a run computes (the resolved config minus execution-only keys)."""
+    kept = {k: v for k, v in config.items() if k not in _UNHASHED}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of the libraries whose behaviour the numbers depend on."""
+    out: dict[str, str | None] = {}
+    for pkg in _PACKAGES:
+        try:
+            out[pkg.replace("-", "_")] = version(pkg.replace("_", "-"))
+        except PackageNotFoundError:
+            out[pkg.replace("-", "_")] = None
+    return out
+
+
+def results_document(
+    *, config: Mapping[str, Any], model: Mapping[str, Any], task: Mapping[str, Any], mask: Mapping[str, Any],
+    computed: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Assemble the results.json contract (DESIGN.md) from the run's parts."""
+    doc: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "saeeval_version": saeeval.__version__,
+        "config_hash": config_hash(config),
+        "config": dict(config),
+        "versions": versions(),
+        "model": dict(model),
+        "task": dict(task),
+        "mask": dict(mask),
+        "conditions": computed["conditions"],
+    }
+    if "slices" in computed:
+        doc["slices"] = computed["slices"]
+        doc["gaps"] = computed["gaps"]
+    return doc
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file in the same folder and rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_results(out_dir: Path, doc: Mapping[str, Any], samples: Iterable[Mapping[str, Any]] | None) -> Path:
+    """Write samples.jsonl (if any) first and results.json last: a results.json means the run is complete."""
+    out_dir = Path(out_dir)
+    if samples is not None:
+        atomic_write_text(out_dir / SAMPLES_FILE, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+    path = out_dir / RESULTS_FILE
+    atomic_write_text(path, json.dumps(doc, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
+    return path
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """Read a results.json (or the one inside a folder)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULTS_FILE
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def is_complete(out_dir: Path, chash: str) -> bool:
+    """True when `out_dir` holds a readable results.json of the same config hash."""
+    try:
+        doc = read_results(Path(out_dir) / RESULTS_FILE)
+    except (OSError, ValueError):
+        return False
+    return doc.get("config_hash") == chash and doc.get("schema_version") == SCHEMA_VERSION and "conditions" in doc
