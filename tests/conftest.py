@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from sae_lens import JumpReLUSAE, JumpReLUSAEConfig, SAE, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
@@ -49,3 +51,24 @@ def make_sae(hook_name: str, d_in: int, d_sae: int = 64, arch: str = "standard",
 @pytest.fixture
 def tiny_model() -> HookedSAETransformer:
     return make_tiny_model()
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def gpt2_tokenizer_obj():
+    """The real GPT-2 tokenizer built offline from the fixture files (saved+reloaded so TL accepts it)."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    d = FIXTURES / "gpt2-tokenizer"
+    bpe = ByteLevelBPETokenizer(str(d / "vocab.json"), str(d / "merges.txt"))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    tok.pad_token = tok.eos_token
+    tok.init_kwargs["name_or_path"] = "gpt2-fixture"
+    return tok
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer():
+    return gpt2_tokenizer_obj()
