@@ -1,0 +1,144 @@
+"""The comparison as a wandb report: the same sections as the HTML page, as panels over the logged metric keys.
+
+Runs log `<condition>/<group>/<metric>` (see saeeval.loggers.flat_metrics); the panels plot those keys across the
+project's runs. Saving needs the wandb API (login + network), so the local HTML report stays the primary output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from saeeval.errors import SaeevalError
+from saeeval.report_charts import conditions_of, identity_slices
+
+if TYPE_CHECKING:
+    import wandb_workspaces.reports.v2 as wr
+
+    from saeeval.report import Run
+
+_MAX_SCATTERS = 6
+
+
+def _wr() -> Any:
+    try:
+        import wandb_workspaces.reports.v2 as wr
+    except ImportError:
+        raise SaeevalError("--wandb-report needs the wandb-workspaces package: pip install wandb-workspaces") from None
+    return wr
+
+
+def parse_target(target: str) -> tuple[str, str]:
+    """'ENTITY/PROJECT' → (entity, project)."""
+    parts = target.split("/")
+    if len(parts) != 2 or not all(p.strip() for p in parts):
+        raise SaeevalError(f"--wandb-report wants ENTITY/PROJECT (e.g. my-team/saeeval), got {target!r}")
+    return parts[0].strip(), parts[1].strip()
+
+
+def _md_cell(v: Any) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.4g}" if isinstance(v, float) else str(v).replace("|", "\\|")
+
+
+def _md_table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _summary_md(runs: Sequence[Run]) -> str:
+    rows = []
+    for r in runs:
+        clean = ((r.doc["conditions"].get("clean") or {}).get("task")) or {}
+        rows.append((r.rid, r.label, r.doc["model"].get("name"), r.task, r.doc["task"].get("n_examples"),
+                     r.doc.get("config_hash"), clean.get("accuracy")))
+    return ("Comparison of saeeval runs: what splicing each SAE into the model does to the task and to next-token "
+            "loss.\n\n" + _md_table(("run", "label", "model", "task", "n examples", "config hash", "clean accuracy"),
+                                     rows))
+
+
+def _recon_md(runs: Sequence[Run]) -> str:
+    cols = ("mse", "explained_variance", "cosine_similarity", "l0", "l1", "dead_fraction")
+    rows = [(r.rid, name, hook, *(m.get(k) for k in cols)) for r in runs
+            for name, c in r.doc["conditions"].items() for hook, m in (c.get("reconstruction") or {}).items()]
+    return _md_table(("run", "condition", "hook", *cols), rows) if rows else "No condition splices an SAE."
+
+
+def _runset_filter(runs: Sequence[Run]) -> str:
+    """Only this task's runs: filter on the task's config target when all runs share one."""
+    targets = {((r.doc.get("config") or {}).get("task") or {}).get("_target_") for r in runs}
+    if len(targets) != 1 or None in targets:
+        return ""
+    return f"Config('task._target_') = '{targets.pop()}'"
+
+
+def _hooks(runs: Sequence[Run], cond: str) -> list[str]:
+    """The hooks a condition reconstructs, from the first run that has it."""
+    for r in runs:
+        if recon := (r.doc["conditions"].get(cond) or {}).get("reconstruction"):
+            return list(recon)
+    return []
+
+
+def _panels(wr: Any, runs: Sequence[Run], task: str) -> list[Any]:
+    conds = conditions_of(runs)
+
+    def having(group: str, metric: str) -> list[str]:
+        return [c for c in conds if any(((r.doc["conditions"].get(c) or {}).get(group) or {}).get(metric)
+                                        is not None for r in runs)]
+
+    panels: list[Any] = []
+    if ld := having("task", "logit_diff"):
+        panels.append(wr.BarPlot(title=f"{task}: logit diff per condition",
+                                 metrics=[f"{c}/task/logit_diff" for c in ld]))
+    if rec := having("task", "logit_diff_recovered"):
+        panels.append(wr.BarPlot(title=f"{task}: logit diff recovered",
+                                 metrics=[f"{c}/task/logit_diff_recovered" for c in rec]))
+    if ce := having("lm", "ce_loss_delta"):
+        panels.append(wr.BarPlot(title=f"{task}: CE loss delta", metrics=[f"{c}/lm/ce_loss_delta" for c in ce]))
+    scatters = [(c, hooks[0]) for c in ce if len(hooks := _hooks(runs, c)) == 1]
+    for cond, hook in scatters[:_MAX_SCATTERS]:
+        panels.append(wr.ScatterPlot(title=f"{cond}: CE loss delta against L0", x=f"{cond}/reconstruction/{hook}/l0",
+                                     y=f"{cond}/lm/ce_loss_delta"))
+    for sl in identity_slices(runs):
+        panels.append(wr.BarPlot(title=f"{task}: accuracy on {sl}",
+                                 metrics=[f"slices/{sl}/{c}/accuracy" for c in conds
+                                          if any(c in (r.doc.get("slices") or {}).get(sl, {}) for r in runs)]))
+    return panels
+
+
+def wandb_report(runs: Sequence[Run], entity: str, project: str) -> wr.Report:
+    """The Report object (not saved): title, summary, then per task a panel grid over the logged keys and tables."""
+    wr = _wr()
+    by_task: dict[str, list[Run]] = {}
+    for r in runs:
+        by_task.setdefault(r.task, []).append(r)
+    title = f"saeeval comparison: {', '.join(by_task)}"[:128]
+    blocks: list[Any] = [wr.H1(text=title), wr.MarkdownBlock(text=_summary_md(runs))]
+    for task, task_runs in by_task.items():
+        blocks += [
+            wr.H2(text=f"Task: {task}"),
+            wr.PanelGrid(
+                runsets=[wr.Runset(entity=entity, project=project, name=task, filters=_runset_filter(task_runs))],
+                panels=_panels(wr, task_runs, task),
+            ),
+            wr.H3(text="Reconstruction"),
+            wr.MarkdownBlock(text=_recon_md(task_runs)),
+        ]
+    return wr.Report(entity=entity, project=project, title=title,
+                     description=f"{len(runs)} runs compared by python -m saeeval.report", blocks=blocks)
+
+
+def publish_wandb_report(runs: Sequence[Run], target: str) -> str:
+    """Build and save the report to ENTITY/PROJECT; returns its URL."""
+    entity, project = parse_target(target)
+    report = wandb_report(runs, entity, project)
+    try:
+        report.save()
+    except Exception as err:  # the wandb API raises many types (auth, network, GraphQL); all mean "not saved"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SaeevalError(f"could not save the wandb report to {entity}/{project}: {first}; "
+                           "check `wandb login` and the network (the HTML report was still written)") from None
+    return str(report.url)
