@@ -1,53 +1,121 @@
-"""Send a finished run's results to a Lightning logger (wandb, CSV): config, flat metrics, samples and chart."""
+"""Send a finished run's results to a Lightning logger (wandb, CSV): config, flat metrics, samples and chart.
+
+Evaluation has no training steps, so everything is logged once, after results.json is written, from rank 0
+only (evaluate.py returns before this on other ranks; Lightning's loggers are rank-zero-only as well).
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import Logger, WandbLogger
+
+from saeeval.errors import SaeevalError
+from saeeval.results import SAMPLES_FILE
+
+CHART_FILE = "logit_diff.png"
+SAMPLES_KEY = "samples"
+CHART_KEY = "logit_diff_chart"
+
+
+def wandb_logger(**kwargs: Any) -> WandbLogger:
+    """Lightning's `WandbLogger(**kwargs)` (kwargs it does not know go to `wandb.init`) with its run started now
+    on rank 0 (other ranks get Lightning's dummy and never touch wandb), so a wandb problem such as online mode
+    without an API key stops the evaluation before any compute, as one error line."""
+    import wandb
+
+    logger = WandbLogger(**kwargs)
+    if logger._wandb_init.get("anonymous") is None:  # Lightning 2.6 always passes it; wandb 0.31 warns on any value
+        logger._wandb_init.pop("anonymous", None)
+    try:
+        logger.experiment  # noqa: B018 -- the property starts the run
+    except wandb.errors.Error as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise SaeevalError(
+            f"wandb could not start a run: {reason} (or use logger.mode=offline and upload later with `wandb sync`)"
+        ) from err
+    return logger
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def flat_metrics(doc: Mapping[str, Any]) -> dict[str, float]:
-    """`<condition>/<group>/<metric>` (reconstruction: `<condition>/reconstruction/<hook>/<metric>`) and
-    `slices/<slice>/<condition>/<metric>`; None values are left out."""
+    """Every number of results.json under one key each: `<condition>/<group>/<metric>` (group task or lm),
+    `<condition>/reconstruction/<hook>/<metric>`, `slices/<slice>/<condition>/<metric>` and
+    `gaps/<dimension>/<condition>/<metric>`; None and non-numeric values (e.g. a gap's lowest slice) are left out."""
     out: dict[str, float] = {}
     for cond, c in doc["conditions"].items():
         for group in ("task", "lm"):
-            for k, v in c.get(group, {}).items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
+            for k, v in (c.get(group) or {}).items():
+                if _is_number(v):
                     out[f"{cond}/{group}/{k}"] = v
-        for hook, r in c.get("reconstruction", {}).items():
+        for hook, r in (c.get("reconstruction") or {}).items():
             for k, v in r.items():
-                if isinstance(v, (int, float)):
+                if _is_number(v):
                     out[f"{cond}/reconstruction/{hook}/{k}"] = v
-    for sl, per_cond in doc.get("slices", {}).items():
-        for cond, stats in per_cond.items():
-            for k, v in stats.items():
-                if isinstance(v, (int, float)):
-                    out[f"slices/{sl}/{cond}/{k}"] = v
+    for section in ("slices", "gaps"):
+        for part, per_cond in (doc.get(section) or {}).items():
+            for cond, stats in per_cond.items():
+                for k, v in stats.items():
+                    if _is_number(v):
+                        out[f"{section}/{part}/{cond}/{k}"] = v
     return out
 
 
-def log_results(logger: Logger, doc: Mapping[str, Any], out_dir: Path) -> None:
-    """Log the resolved config and every metric; for wandb also the samples table and the bar chart."""
-    logger.log_hyperparams(dict(doc["config"]))
-    logger.log_metrics(flat_metrics(doc))
-    log_table = getattr(logger, "log_table", None)
-    samples = Path(out_dir) / "samples.jsonl"
-    if log_table is not None and samples.exists():
-        import json
+def logged_config(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved Hydra config at the top level (so `task._target_`, `model.name` filter runs as configured),
+    plus what the run measured it on under `saeeval` (task name and size, model shape, config hash, versions)."""
+    meta = {k: doc[k] for k in ("task", "model", "mask", "config_hash", "versions", "saeeval_version") if k in doc}
+    return {**doc["config"], "saeeval": meta}
 
-        rows = [json.loads(line) for line in samples.read_text(encoding="utf-8").splitlines()]
-        conds = list(doc["conditions"])
-        log_table(
-            key="samples",
-            columns=["id", "prompt", "correct", "incorrect", *[f"logit_diff/{c}" for c in conds]],
-            data=[[r["id"], r["prompt"], r.get("correct"), r.get("incorrect"), *[r["logit_diff"].get(c) for c in conds]]
-                  for r in rows],
-        )
-    chart = Path(out_dir) / "logit_diff.png"
-    if hasattr(logger, "log_image") and chart.exists():
-        logger.log_image(key="logit_diff", images=[str(chart)])
-    logger.finalize("success")
+
+def samples_table(doc: Mapping[str, Any], out_dir: Path) -> tuple[list[str], list[list[Any]]] | None:
+    """Columns and rows of samples.jsonl for a table: id, prompt, answer strings, each example field, then the
+    logit difference under every condition (`logit_diff/<condition>`); None when the task has no samples."""
+    path = Path(out_dir) / SAMPLES_FILE
+    if not path.exists():
+        return None
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    conds = list(doc["conditions"])
+    fields = list(dict.fromkeys(k for r in records for k in (r.get("fields") or {})))
+    columns = ["id", "prompt", "correct", "incorrect", *[f"fields/{f}" for f in fields],
+               *[f"logit_diff/{c}" for c in conds]]
+    rows = [
+        [r["id"], r["prompt"], r.get("correct_str"), r.get("incorrect_str"),
+         *[(r.get("fields") or {}).get(f) for f in fields], *[r["logit_diff"].get(c) for c in conds]]
+        for r in records
+    ]
+    return columns, rows
+
+
+def log_results(logger: Logger, doc: Mapping[str, Any], out_dir: Path) -> None:
+    """Log config and metrics to any Lightning logger; to wandb also the samples table and the chart, all in one
+    history step, then finish the wandb run so its files are complete and no service process outlives it."""
+    out_dir = Path(out_dir)
+    try:
+        logger.log_hyperparams(logged_config(doc))
+        metrics: dict[str, Any] = dict(flat_metrics(doc))
+        if isinstance(logger, WandbLogger):
+            metrics.update(_wandb_media(doc, out_dir))
+        logger.log_metrics(metrics)
+        logger.finalize("success")
+    finally:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()
+
+
+def _wandb_media(doc: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
+    import wandb
+
+    media: dict[str, Any] = {}
+    if (table := samples_table(doc, out_dir)) is not None:
+        columns, rows = table
+        media[SAMPLES_KEY] = wandb.Table(columns=columns, data=rows)
+    if (chart := out_dir / CHART_FILE).exists():
+        media[CHART_KEY] = wandb.Image(str(chart))
+    return media
