@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import sys
+import warnings
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from saeeval.errors import SaeevalError
+
+
+# Our launcher files extend the submitit plugin's schema of the same name; Hydra warns about that merge.
+warnings.filterwarnings(
+    "ignore", message=r"\s*'hydra/launcher/submitit_(slurm|local)' is validated against ConfigStore schema"
+)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://saeeval.conf", config_name="config")

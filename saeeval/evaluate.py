@@ -8,8 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
@@ -17,7 +20,7 @@ from saeeval.errors import SaeevalError
 from saeeval.masks import special_token_ids
 from saeeval.module import CLEAN, SAEEvalModule
 from saeeval.plots import logit_diff_chart
-from saeeval.results import config_hash, is_complete, results_document, write_results
+from saeeval.results import completed_hash, config_hash, results_document, write_results
 from saeeval.splicing import build_conditions
 from saeeval.table import print_results
 
@@ -26,7 +29,8 @@ TASKS_HINT = "add one, e.g. `python -m saeeval +task=toxicity` (tasks: toxicity,
 
 def quiet_lightning() -> None:
     """Drop Lightning's start-up chatter (device lines, tips, a pytree deprecation) so the table stands out."""
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
 
@@ -50,9 +54,15 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     config = OmegaConf.to_container(cfg, resolve=True)
     chash = config_hash(config)
     console = Console()
-    if not cfg.force and is_complete(out_dir, chash):
+    found = None if cfg.force else completed_hash(out_dir)
+    if found == chash:
         console.print(f"saeeval: {out_dir} already holds complete results for config {chash}; skipped (force=true reruns)")
         return None
+    if found is not None:
+        raise SaeevalError(
+            f"{out_dir} holds complete results of another config ({found}, this one is {chash}); "
+            "choose a new hydra.run.dir / hydra.sweep.dir, or pass force=true to replace them"
+        )
     L.seed_everything(cfg.seed, verbose=False)
     quiet_lightning()
 
@@ -69,8 +79,10 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     )
     logger = build(cfg.logger) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(cfg.trainer, logger=logger)
+    _check_launch(trainer)
     trainer.test(module, datamodule=task, verbose=False)
     if not trainer.is_global_zero:
+        _drop_empty_child_log()
         return None
 
     computed = module.results
@@ -93,6 +105,36 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     print_results(doc, console)
     console.print(f"results: {out_dir / 'results.json'}")
     return doc
+
+
+def _check_launch(trainer: L.Trainer) -> None:
+    """Refuse Lightning-launched DDP inside a multirun: Lightning re-runs the whole command line (`-m` included)
+    for each extra rank, so the ranks would re-run the sweep in lock-step and can deadlock. Processes created
+    by a scheduler (SLURM via hydra/launcher=submitit_slurm) are fine."""
+    launcher = trainer.strategy.launcher
+    spawns = (
+        isinstance(launcher, _SubprocessScriptLauncher)
+        and launcher.num_processes > 1
+        and not trainer.strategy.cluster_environment.creates_processes_externally
+    )
+    if spawns and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise SaeevalError(
+            f"trainer.devices={trainer.num_devices} with strategy=ddp cannot run inside a local multirun (-m); "
+            "sweep with devices=1 per job, use hydra/launcher=submitit_slurm, or run each point without -m"
+        )
+
+
+def _drop_empty_child_log() -> None:
+    """Lightning runs rank r > 0 as the Hydra job `train_ddp_process_<r>` in rank 0's folder; remove that job's
+    log file when nothing was logged to it, so only rank 0 leaves files there."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        path = Path(getattr(handler, "baseFilename", ""))
+        if isinstance(handler, logging.FileHandler) and path.name.startswith("train_ddp_process_"):
+            root.removeHandler(handler)
+            handler.close()
+            if path.exists() and path.stat().st_size == 0:
+                path.unlink()
 
 
 def _samples(task: Any, computed: dict[str, Any]):

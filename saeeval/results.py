@@ -93,10 +93,17 @@ def read_results(path: Path) -> dict[str, Any]:
         return json.load(f)
 
 
-def is_complete(out_dir: Path, chash: str) -> bool:
-    """True when `out_dir` holds a readable results.json of the same config hash."""
+def completed_hash(out_dir: Path) -> str | None:
+    """The config hash of the complete results.json in `out_dir`; None when there is none or it is unreadable."""
     try:
         doc = read_results(Path(out_dir) / RESULTS_FILE)
     except (OSError, ValueError):
-        return False
-    return doc.get("config_hash") == chash and doc.get("schema_version") == SCHEMA_VERSION and "conditions" in doc
+        return None
+    if not isinstance(doc, dict) or doc.get("schema_version") != SCHEMA_VERSION or "conditions" not in doc:
+        return None
+    return doc.get("config_hash")
+
+
+def is_complete(out_dir: Path, chash: str) -> bool:
+    """True when `out_dir` holds a readable results.json of the same config hash."""
+    return completed_hash(out_dir) == chash
