@@ -184,12 +184,12 @@ class SAEEvalModule(L.LightningModule):
 
 def _compute(m: ConditionMetrics) -> dict[str, Any]:
     out: dict[str, Any] = {"ce": _float(m.ce.compute()), "kl": _float(m.kl.compute()) if m.kl else None}
-    out["task"] = {k: _float(v) for k, v in m.ld.compute().items()} if m.ld is not None else {}
+    out["task"] = _values(m.ld.compute()) if m.ld is not None else {}
     if m.delta is not None:
         out["task"].update({f"delta_{k}": _float(v) for k, v in m.delta.compute().items() if k.startswith("logit")})
     if m.grouped is not None:
         m.grouped.compute()
-    out["recon"] = {name: {k: _float(v) for k, v in r.compute().items()} for name, r in zip(m.recon_names, m.recon)}
+    out["recon"] = {name: _values(r.compute()) for name, r in zip(m.recon_names, m.recon)}
     return out
 
 
@@ -207,7 +207,7 @@ def _slices(task: Any, metrics: Sequence[ConditionMetrics], names: Sequence[str]
             slices[key] = {}
             for name, m in zip(names, metrics):
                 s = m.grouped.summarize(idx)
-                stats = {k: _float(v) for k, v in s.items()}
+                stats = _values(s)
                 if "label" in task.slice_fields:
                     for label, rate in (("nontoxic", "false_positive_rate"), ("toxic", "false_negative_rate")):
                         sub = [i for i in idx if groups[i].get("label") == label]
@@ -229,6 +229,11 @@ def _gap(per_value: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
             out[f"{metric}_gap"] = vals[hi] - vals[lo]
             out[f"{metric}_lowest"], out[f"{metric}_highest"] = lo, hi
     return out
+
+
+def _values(d: Mapping[str, Any]) -> dict[str, Any]:
+    """Computed metric values as JSON numbers: counts as int, the rest as finite float or None."""
+    return {k: int(v) if k in ("n", "n_tokens") else _float(v) for k, v in d.items()}
 
 
 def _float(v: Any) -> float | None:
