@@ -28,17 +28,6 @@ RUNS = {  # task -> extra overrides; ioi also carries mean-ablation baselines (t
 }
 
 
-@pytest.fixture(scope="module")
-def zoo(tmp_path_factory) -> list[str]:
-    """Overrides selecting the zoo: the committed one when present, else a `--fast` build in tmp."""
-    if (ROOT / "saeeval" / "zoo" / "tiny" / "card.json").exists():
-        return []
-    out = tmp_path_factory.mktemp("zoo") / "tiny"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "build_zoo.py"), "--fast", "--out", str(out)],
-                   check=True, capture_output=True, timeout=300)
-    return [f"model.name={out / 'model'}", f"+saes.zoo_root={out.parent}"]
-
-
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
     return subprocess.Popen([sys.executable, "-m", "saeeval", *args], cwd=cwd, env=env,
@@ -46,7 +35,7 @@ def start(args: list[str], cwd: Path) -> subprocess.Popen:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, zoo) -> dict[str, dict[str, Path]]:
+def runs(tmp_path_factory) -> dict[str, dict[str, Path]]:
     """Each task once with trainer=cpu and once with trainer=ddp_cpu, all four processes started together.
 
     The ddp runs use Hydra's default run dir (outputs/<date>/<time> under their own cwd) so that a rank which
@@ -55,9 +44,9 @@ def runs(tmp_path_factory, zoo) -> dict[str, dict[str, Path]]:
     procs: dict[tuple[str, str], tuple[subprocess.Popen, Path]] = {}
     for task, extra in RUNS.items():
         cpu_dir = tmp_path_factory.mktemp(f"{task}_cpu") / "run"
-        procs[task, "cpu"] = start([*extra, *COMMON, *zoo, f"hydra.run.dir={cpu_dir}"], ROOT), cpu_dir
+        procs[task, "cpu"] = start([*extra, *COMMON, f"hydra.run.dir={cpu_dir}"], ROOT), cpu_dir
         ddp_cwd = tmp_path_factory.mktemp(f"{task}_ddp")
-        procs[task, "ddp"] = start([*extra, *COMMON, *zoo, "trainer=ddp_cpu"], ddp_cwd), ddp_cwd
+        procs[task, "ddp"] = start([*extra, *COMMON, "trainer=ddp_cpu"], ddp_cwd), ddp_cwd
     out: dict[str, dict[str, Path]] = {task: {} for task in RUNS}
     for (task, kind), (proc, path) in procs.items():
         stdout, stderr = proc.communicate(timeout=600)
@@ -102,7 +91,7 @@ def load(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 @pytest.mark.parametrize("task", list(RUNS))
 def test_ddp_cpu_results_equal_single_process_results(runs, task):
-    (cpu, cpu_samples), (ddp, ddp_samples) = load(runs[task]["cpu"]), load(runs[task]["ddp"])
+    (cpu, _), (ddp, _) = load(runs[task]["cpu"]), load(runs[task]["ddp"])
     assert ddp["task"]["n_examples"] == cpu["task"]["n_examples"] == N
     assert ddp["config_hash"] == cpu["config_hash"]  # the trainer is not part of what a run computes
     assert ddp["config"]["trainer"]["strategy"] == "ddp" and ddp["config"]["trainer"]["devices"] == 2

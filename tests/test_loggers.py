@@ -67,17 +67,6 @@ def test_samples_table_has_answer_strings_fields_and_logit_diff_per_condition(tm
 # --- end to end: `python -m saeeval ... logger=...` ------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def zoo(tmp_path_factory) -> list[str]:
-    """Overrides selecting the zoo: the committed one when present, else a `--fast` build in tmp."""
-    if (ROOT / "saeeval" / "zoo" / "tiny" / "card.json").exists():
-        return []
-    out = tmp_path_factory.mktemp("zoo") / "tiny"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "build_zoo.py"), "--fast", "--out", str(out)],
-                   check=True, capture_output=True, timeout=300)
-    return [f"model.name={out / 'model'}", f"+saes.zoo_root={out.parent}"]
-
-
 def offline_env(home: Path) -> dict[str, str]:
     """wandb offline, every wandb folder under `home`, no credentials, and the API host a closed local port."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
@@ -88,10 +77,10 @@ def offline_env(home: Path) -> dict[str, str]:
     return env
 
 
-def run_cli(out: Path, zoo: list[str], *overrides: str, env: dict[str, str], ok: bool = True
+def run_cli(out: Path, *overrides: str, env: dict[str, str], ok: bool = True
             ) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [sys.executable, "-m", "saeeval", "+task=toxicity", "limit=12", *zoo, *overrides, f"hydra.run.dir={out}"],
+        [sys.executable, "-m", "saeeval", "+task=toxicity", "limit=12", *overrides, f"hydra.run.dir={out}"],
         capture_output=True, text=True, timeout=300, env=env, stdin=subprocess.DEVNULL,
     )
     if ok:
@@ -132,11 +121,11 @@ def merged(recs: list[dict], kind: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def wandb_run(tmp_path_factory, zoo):
+def wandb_run(tmp_path_factory):
     home = tmp_path_factory.mktemp("wandb_home")
     out = home / "run"
     env = offline_env(home)
-    proc = run_cli(out, zoo, "logger=wandb", env=env)
+    proc = run_cli(out, "logger=wandb", env=env)
     return out, proc, env
 
 
@@ -190,9 +179,9 @@ def test_wandb_run_is_finished_and_leaves_no_process_behind(wandb_run):
 
 
 @pytest.mark.slow
-def test_wandb_ddp_logs_one_run_from_rank_zero(tmp_path, zoo):
+def test_wandb_ddp_logs_one_run_from_rank_zero(tmp_path):
     out = tmp_path / "run"
-    run_cli(out, zoo, "logger=wandb", "trainer=ddp_cpu", env=offline_env(tmp_path))
+    run_cli(out, "logger=wandb", "trainer=ddp_cpu", env=offline_env(tmp_path))
     doc = json.loads((out / "results.json").read_text())
     (run_dir,) = (out / "wandb").glob("offline-run-*")  # rank 1 never initialised wandb
     assert not list((tmp_path / "WANDB_DIR").iterdir())
@@ -202,18 +191,18 @@ def test_wandb_ddp_logs_one_run_from_rank_zero(tmp_path, zoo):
 
 
 @pytest.mark.slow
-def test_wandb_disabled_mode_runs_and_writes_no_wandb_files(tmp_path, zoo):
+def test_wandb_disabled_mode_runs_and_writes_no_wandb_files(tmp_path):
     out = tmp_path / "run"
-    run_cli(out, zoo, "logger=wandb", "logger.mode=disabled", env=offline_env(tmp_path))
+    run_cli(out, "logger=wandb", "logger.mode=disabled", env=offline_env(tmp_path))
     assert (out / "results.json").exists()
     assert not (out / "wandb").exists()
     assert not [p for d in tmp_path.glob("WANDB_*") for p in d.rglob("*")]
 
 
 @pytest.mark.slow
-def test_wandb_online_without_api_key_stops_before_compute_with_one_error_line(tmp_path, zoo):
+def test_wandb_online_without_api_key_stops_before_compute_with_one_error_line(tmp_path):
     out = tmp_path / "run"
-    proc = run_cli(out, zoo, "logger=wandb", "logger.mode=online", env=offline_env(tmp_path), ok=False)
+    proc = run_cli(out, "logger=wandb", "logger.mode=online", env=offline_env(tmp_path), ok=False)
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("saeeval: error: wandb could not start a run"), proc.stderr
@@ -222,9 +211,9 @@ def test_wandb_online_without_api_key_stops_before_compute_with_one_error_line(t
 
 
 @pytest.mark.slow
-def test_csv_logger_writes_every_flat_metric_to_metrics_csv(tmp_path, zoo):
+def test_csv_logger_writes_every_flat_metric_to_metrics_csv(tmp_path):
     out = tmp_path / "run"
-    run_cli(out, zoo, "logger=csv", env=offline_env(tmp_path))
+    run_cli(out, "logger=csv", env=offline_env(tmp_path))
     doc = json.loads((out / "results.json").read_text())
     with (out / "csv" / "version_0" / "metrics.csv").open() as f:
         (row,) = list(csv.DictReader(f))
@@ -236,8 +225,8 @@ def test_csv_logger_writes_every_flat_metric_to_metrics_csv(tmp_path, zoo):
 
 
 @pytest.mark.slow
-def test_logger_none_writes_no_logger_files(tmp_path, zoo):
+def test_logger_none_writes_no_logger_files(tmp_path):
     out = tmp_path / "run"
-    run_cli(out, zoo, env=offline_env(tmp_path))
+    run_cli(out, env=offline_env(tmp_path))
     assert (out / "results.json").exists()
     assert not (out / "wandb").exists() and not (out / "csv").exists()

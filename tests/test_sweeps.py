@@ -29,17 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ["-m", "+task=ioi,toxicity", "limit=24"]
 
 
-@pytest.fixture(scope="module")
-def zoo(tmp_path_factory) -> list[str]:
-    """Overrides selecting the zoo: the committed one when present, else a `--fast` build in tmp."""
-    if (ROOT / "saeeval" / "zoo" / "tiny" / "card.json").exists():
-        return []
-    out = tmp_path_factory.mktemp("zoo") / "tiny"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "build_zoo.py"), "--fast", "--out", str(out)],
-                   check=True, capture_output=True, timeout=300)
-    return [f"model.name={out / 'model'}", f"+saes.zoo_root={out.parent}"]
-
-
 def compose_full(*overrides: str) -> DictConfig:
     """The config a job sees, with its `hydra` node (as `python -m saeeval <overrides>` composes it)."""
     with initialize_config_module("saeeval.conf", version_base="1.3"):
@@ -122,9 +111,9 @@ def test_folder_holding_another_configs_results_is_refused_not_overwritten(tmp_p
 
 
 @pytest.mark.slow
-def test_lightning_launched_ddp_inside_a_multirun_is_refused(tmp_path, zoo, hydra_job, monkeypatch):
+def test_lightning_launched_ddp_inside_a_multirun_is_refused(tmp_path, hydra_job, monkeypatch):
     monkeypatch.delenv("LOCAL_RANK", raising=False)
-    cfg = hydra_job("+task=ioi", "limit=4", "trainer=ddp_cpu", "hydra.mode=MULTIRUN", *zoo)
+    cfg = hydra_job("+task=ioi", "limit=4", "trainer=ddp_cpu", "hydra.mode=MULTIRUN")
     with pytest.raises(SaeevalError, match="local multirun"):
         evaluate(cfg, tmp_path)
     assert not (tmp_path / "results.json").exists()
@@ -137,10 +126,10 @@ def run_sweep(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory, zoo) -> tuple[Path, list[str]]:
+def sweep(tmp_path_factory) -> tuple[Path, list[str]]:
     """The 2-job sweep run by submitit_local (two local processes) into a tmp sweep dir."""
     sweep_dir = tmp_path_factory.mktemp("sweep") / "s"
-    args = [*SWEEP, *zoo, f"hydra.sweep.dir={sweep_dir}"]
+    args = [*SWEEP, f"hydra.sweep.dir={sweep_dir}"]
     proc = run_sweep(*args, "hydra/launcher=submitit_local", cwd=sweep_dir.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return sweep_dir, args
