@@ -48,6 +48,18 @@ def make_sae(hook_name: str, d_in: int, d_sae: int = 64, arch: str = "standard",
     return sae
 
 
+class FixedTokens:
+    """Stand-in for sae_lens's ActivationsStore (its evals only call this): ``get_batch_tokens`` returns the given batches in order."""
+
+    def __init__(self, batches: list[torch.Tensor]) -> None:
+        self._batches = iter(batches)
+
+    def get_batch_tokens(self, batch_size: int) -> torch.Tensor:
+        batch = next(self._batches)
+        assert batch.shape[0] == batch_size
+        return batch
+
+
 @pytest.fixture
 def tiny_model() -> HookedSAETransformer:
     return make_tiny_model()

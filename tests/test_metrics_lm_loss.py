@@ -9,25 +9,13 @@ import torch
 from sae_lens.evals import _kl, get_downstream_reconstruction_metrics
 from sae_lens.training.activation_scaler import ActivationScaler
 
-from conftest import make_sae, make_tiny_model
+from conftest import FixedTokens, make_sae, make_tiny_model
 from saeeval.metrics.lm_loss import KLDivergence, NextTokenCrossEntropy
 from saeeval.metrics.stats import ce_loss_score, kl_div_score
 
 torch.set_num_threads(1)
 HOOK = "blocks.0.hook_resid_post"
 BOS = 0
-
-
-class FixedTokens:
-    """Stand-in for sae_lens's ActivationsStore: ``get_batch_tokens`` returns the given batches in order."""
-
-    def __init__(self, batches: list[torch.Tensor]) -> None:
-        self._batches = iter(batches)
-
-    def get_batch_tokens(self, batch_size: int) -> torch.Tensor:
-        batch = next(self._batches)
-        assert batch.shape[0] == batch_size
-        return batch
 
 
 def bos_batches(n_batches: int, batch: int = 3, seq: int = 12, vocab: int = 61) -> list[torch.Tensor]:

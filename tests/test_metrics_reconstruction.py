@@ -10,7 +10,7 @@ from sae_lens.evals import ExplainedVarianceCalculator, get_sparsity_and_varianc
 from sae_lens.training.activation_scaler import ActivationScaler
 
 import saeeval.metrics.reconstruction as reconstruction
-from conftest import make_sae, make_tiny_model
+from conftest import FixedTokens, make_sae, make_tiny_model
 from saeeval.metrics.reconstruction import Reconstruction
 
 torch.set_num_threads(1)
@@ -24,18 +24,6 @@ SAE_LENS_KEYS = {
     "l2_norm_in": "l2_norm_in", "l2_norm_out": "l2_norm_out", "l2_ratio": "l2_ratio", "l0": "l0", "l1": "l1",
     "relative_reconstruction_bias": "relative_reconstruction_bias",
 }
-
-
-class FixedTokens:
-    """Stand-in for sae_lens's ActivationsStore: ``get_batch_tokens`` returns the given batches in order."""
-
-    def __init__(self, batches: list[torch.Tensor]) -> None:
-        self._batches = iter(batches)
-
-    def get_batch_tokens(self, batch_size: int) -> torch.Tensor:
-        batch = next(self._batches)
-        assert batch.shape[0] == batch_size
-        return batch
 
 
 def token_batches(n_batches: int, batch: int = 4, seq: int = 10) -> list[torch.Tensor]:
