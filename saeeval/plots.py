@@ -19,10 +19,9 @@ def logit_diff_chart(doc: Mapping[str, Any], path: Path) -> Path | None:
         return None
     names = [n for n, _ in rows]
     means = [t["logit_diff"] for _, t in rows]
-    err = [
-        [m - (t.get("logit_diff_ci_low") if t.get("logit_diff_ci_low") is not None else m) for m, (_, t) in zip(means, rows)],
-        [(t.get("logit_diff_ci_high") if t.get("logit_diff_ci_high") is not None else m) - m for m, (_, t) in zip(means, rows)],
-    ]
+    lows = [t["logit_diff_ci_low"] if t.get("logit_diff_ci_low") is not None else m for m, (_, t) in zip(means, rows)]
+    highs = [t["logit_diff_ci_high"] if t.get("logit_diff_ci_high") is not None else m for m, (_, t) in zip(means, rows)]
+    err = [[m - lo for m, lo in zip(means, lows)], [hi - m for m, hi in zip(means, highs)]]
     colors = ["tab:green" if n == "clean" else "tab:gray" if doc["conditions"][n].get("ablation") else "tab:blue"
               for n in names]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(names) + 1.5), 4.0))
