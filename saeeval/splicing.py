@@ -4,8 +4,10 @@ Why this shape: SAELens/SAEBench run three full forwards per SAE per batch (clea
 Here the clean pass runs once and caches only the residual stream entering each layer a suffix starts from
 and the activations at the spliced hooks; each condition (an SAE, a group of SAEs, or an ablation baseline)
 then re-runs only the blocks from its first spliced layer on, and several conditions that start at the same
-layer can share one batched forward. Hooks are attached with `model.hooks(...)` for one call only, so the model
-is never modified (no `add_sae`, no module swap). Masked-out positions keep their clean activation bit for bit.
+layer can share one batched forward. A splice at `blocks.L.hook_resid_post` (block L's output, block L+1's
+input) is applied to the cached activation and the suffix starts at block L+1, so block L is not re-run.
+Hooks are attached with `model.hooks(...)` for one call only, so the model is never modified (no `add_sae`,
+no module swap). Masked-out positions keep their clean activation bit for bit.
 """
 
 from __future__ import annotations
@@ -30,6 +32,15 @@ def hook_layer(hook_name: str) -> int | None:
     """Block index of a hook (`blocks.3.attn.hook_z` -> 3); None for hooks outside the blocks (embeddings...)."""
     m = _LAYER_RE.match(hook_name)
     return int(m.group(1)) if m else None
+
+
+def _entry_layer(hook_name: str) -> int | None:
+    """First block a suffix must run to feel a splice at this hook: L+1 for `blocks.L.hook_resid_post`
+    (its value is block L+1's input, so the splice is applied to the cached activation), L for other block hooks."""
+    layer = hook_layer(hook_name)
+    if layer is not None and hook_name == f"blocks.{layer}.hook_resid_post":
+        return layer + 1
+    return layer
 
 
 def _hook_key(hook_name: str) -> tuple[int, str]:
@@ -128,7 +139,10 @@ def hooks_of(conditions: Iterable[Condition]) -> list[str]:
 
 @dataclass
 class CleanPass:
-    """What one clean forward leaves for the conditions: logits and only the activations they need."""
+    """What one clean forward leaves for the conditions: logits and only the activations they need.
+
+    `resid_pre[l]` is the residual entering block l (l = n_layers: the input of ln_final/unembed).
+    """
 
     tokens: torch.Tensor
     attention_mask: torch.Tensor
@@ -185,21 +199,24 @@ class Splicer:
                 raise SaeevalError(f"SAE {name!r} is a transcoder ({hook} -> {out}); only SAEs are supported")
 
     def start_layer(self, cond: Condition) -> int | None:
-        """First block the condition touches; None means it must run from the embeddings (whole model)."""
-        layers = [hook_layer(h) for h in cond.hooks]
+        """First block the condition's suffix runs (n_layers: only ln_final + unembed); None: the whole model."""
+        layers = [_entry_layer(h) for h in cond.hooks]
         return None if None in layers else min(layers)  # type: ignore[type-var]
 
     @torch.no_grad()
     def clean(self, tokens: torch.Tensor, attention_mask: torch.Tensor, hooks: Iterable[str]) -> CleanPass:
-        """One clean forward; caches the activations at `hooks` and the residual entering each of their blocks."""
+        """One clean forward; caches the activations at `hooks` and the residual entering each block a suffix
+        for them starts at (after a resid_post hook that is the hook's own activation, not a second copy)."""
         model = self.model
         _check_no_attached_saes(model)
         hooks = list(dict.fromkeys(hooks))
         for h in hooks:
             if h not in model.hook_dict:
                 raise SaeevalError(f"hook {h!r} is not in the model; see model.hook_dict for valid names")
-        layers = sorted({layer for h in hooks if (layer := hook_layer(h)) is not None})
-        names = list(dict.fromkeys([*hooks, *(f"blocks.{layer}.hook_resid_pre" for layer in layers)]))
+        layers = sorted({layer for h in hooks if (layer := _entry_layer(h)) is not None})
+        post_of = {layer: h for h in hooks if (layer := _entry_layer(h)) is not None and layer != hook_layer(h)}
+        pre = {layer: post_of.get(layer, f"blocks.{layer}.hook_resid_pre") for layer in layers}
+        names = list(dict.fromkeys([*hooks, *pre.values()]))
         shortformer = model.cfg.positional_embedding_type == "shortformer"
         if shortformer and layers:
             names.append("hook_pos_embed")
@@ -218,7 +235,7 @@ class Splicer:
             attention_mask=attention_mask,
             logits=logits,
             acts={h: store[h] for h in hooks},
-            resid_pre={layer: store[f"blocks.{layer}.hook_resid_pre"] for layer in layers},
+            resid_pre={layer: store[name] for layer, name in pre.items()},
             shortformer_pos_embed=store.get("hook_pos_embed") if shortformer else None,
             order=order,
         )
@@ -304,43 +321,52 @@ class Splicer:
         # so it is taken from the cache: reconstructions match the clean activations bit for bit.
         first = [min(c.hooks, key=lambda h: clean.order[h]) for c in conds]
         sae_at = [{_sae_hook(self.saes[n]): n for n in c.saes} for c in conds]
+        # Block start-1's output: where a condition splices it, the suffix input is the spliced cached activation.
+        entry = None if not start else f"blocks.{start - 1}.hook_resid_post"
+
+        def splice_one(i: int, hook_name: str, base: torch.Tensor) -> torch.Tensor:
+            """`base` with condition i's replacement written at the masked-in positions (SAE: recon recorded)."""
+            cond, m = conds[i], mask.to(base.device)
+            out = base.clone()
+            if cond.ablation == "zero":
+                out[m] = 0
+            elif cond.ablation == "mean":
+                out[m] = means[hook_name].to(out)  # type: ignore[index]
+            else:
+                name = sae_at[i][hook_name]
+                sel = base[m]
+                x, x_hat, feats = encode_decode(self.saes[name], sel)
+                new = x_hat + (x - x_hat) if cond.use_error_term else x_hat
+                out[m] = new.reshape(sel.shape).to(out.dtype)
+                recons[i][name] = (x, x_hat, feats)
+            return out
 
         def splice(act: torch.Tensor, hook: Any) -> torch.Tensor:
             pieces = []
-            m = mask.to(act.device)
             for i, cond in enumerate(conds):
                 live = act if k == 1 else act[i * b : (i + 1) * b]
                 if hook.name not in cond.hooks:
                     pieces.append(live)
                     continue
-                base = clean.acts[hook.name] if hook.name == first[i] else live
-                out = base.clone()
-                if cond.ablation == "zero":
-                    out[m] = 0
-                elif cond.ablation == "mean":
-                    out[m] = means[hook.name].to(out)  # type: ignore[index]
-                else:
-                    name = sae_at[i][hook.name]
-                    sel = base[m]
-                    x, x_hat, feats = encode_decode(self.saes[name], sel)
-                    new = x_hat + (x - x_hat) if cond.use_error_term else x_hat
-                    out[m] = new.reshape(sel.shape).to(out.dtype)
-                    recons[i][name] = (x, x_hat, feats)
-                pieces.append(out)
+                pieces.append(splice_one(i, hook.name, clean.acts[hook.name] if hook.name == first[i] else live))
             return pieces[0] if k == 1 else torch.cat(pieces)
 
         def rep(t: torch.Tensor) -> torch.Tensor:
             return t if k == 1 else t.repeat(k, *([1] * (t.ndim - 1)))
 
         am = rep(clean.attention_mask)
-        fwd_hooks = [(h, splice) for h in hooks_of(conds)]
+        fwd_hooks = [(h, splice) for h in hooks_of(conds) if h != entry]
         with self.model.hooks(fwd_hooks=fwd_hooks):
             if start is None:
                 logits = self.model(rep(clean.tokens), attention_mask=am, return_type="logits")
             else:
+                inputs = [
+                    splice_one(i, entry, clean.acts[entry]) if entry in c.hooks else clean.resid_pre[start]
+                    for i, c in enumerate(conds)
+                ]
                 sf = clean.shortformer_pos_embed
                 logits = self.model(
-                    rep(clean.resid_pre[start]),
+                    inputs[0] if k == 1 else torch.cat(inputs),
                     start_at_layer=start,
                     attention_mask=am,
                     shortformer_pos_embed=None if sf is None else rep(sf),

@@ -129,6 +129,40 @@ def test_kl_matches_float64_reference_for_any_chunk_size(chunk_size: int) -> Non
     assert float(metric.count) == int(mask.sum())
 
 
+@pytest.mark.parametrize("chunk_size", [1, 4, 512])
+def test_full_mask_views_equal_reference_and_gathered_rows(chunk_size: int) -> None:
+    """Every position selected (chunks are views, CE skips the last column by its ignored target) gives the
+    float64 reference and the same sums as the gather path on a non-contiguous copy of the same logits."""
+    clean, logits, tokens, _ = masked_case()
+    full = torch.ones(3, 9, dtype=torch.bool)
+    ce, kl = NextTokenCrossEntropy(chunk_size=chunk_size), KLDivergence(chunk_size=chunk_size)
+    ce.update(logits, tokens, full)
+    kl.update(clean, logits, full)
+    assert float(ce.compute()) == pytest.approx(reference_ce(logits, tokens, full), rel=1e-6)
+    assert float(kl.compute()) == pytest.approx(reference_kl(clean, logits, full), rel=1e-5)
+    assert float(ce.count) == 3 * 8 and float(kl.count) == 3 * 9
+
+    def strided(x: torch.Tensor) -> torch.Tensor:  # same values, batch not outermost: takes the gather path
+        return x.transpose(0, 1).contiguous().transpose(0, 1)
+
+    ce2, kl2 = NextTokenCrossEntropy(chunk_size=chunk_size), KLDivergence(chunk_size=chunk_size)
+    ce2.update(strided(logits), tokens, full)
+    kl2.update(strided(clean), strided(logits), full)
+    assert float(ce2.total) == pytest.approx(float(ce.total), rel=1e-12) and float(ce2.count) == float(ce.count)
+    assert float(kl2.total) == pytest.approx(float(kl.total), rel=1e-12)
+
+
+def test_zero_clean_probabilities_contribute_nothing_on_the_full_mask_path() -> None:
+    clean, logits, _, _ = masked_case()
+    clean[:, :, :10] = float("-inf")  # p_clean = 0 there: 0 · (−inf − log p) must count as 0, not NaN
+    full = torch.ones(3, 9, dtype=torch.bool)
+    kl = KLDivergence(chunk_size=5)
+    kl.update(clean, logits, full)
+    p, q = clean.double().softmax(-1), logits.double().softmax(-1)
+    want = torch.where(p > 0, p * (p.log() - q.log()), 0.0).sum(-1).mean()
+    assert float(kl.compute()) == pytest.approx(float(want), rel=1e-5)
+
+
 def test_chunked_equals_unchunked_exactly_enough() -> None:
     clean, logits, tokens, mask = masked_case()
     small, large = NextTokenCrossEntropy(chunk_size=2), NextTokenCrossEntropy(chunk_size=10_000)

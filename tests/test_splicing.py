@@ -8,6 +8,8 @@ import pytest
 import torch
 from conftest import make_sae, make_tiny_model
 from omegaconf import OmegaConf
+from sae_lens import HookedSAETransformer
+from transformer_lens import HookedTransformerConfig
 
 from saeeval.errors import SaeevalError
 from saeeval.splicing import ActivationMeans, Condition, Splicer, build_conditions, hooks_of
@@ -83,7 +85,8 @@ def sae_cond(saes, *names, error_term=False):
 
 @pytest.mark.parametrize(
     "names",
-    [("r0",), ("r0_topk",), ("r1",), ("m0",), ("z1",), ("z0_topk",), ("r0", "r1"), ("z0_topk", "m0", "z1")],
+    [("r0",), ("r0_topk",), ("r1",), ("m0",), ("z1",), ("z0_topk",), ("r0", "r1"), ("z0_topk", "m0", "z1"),
+     ("r0", "z1"), ("r0", "m0")],
 )
 def test_sae_condition_logits_match_naive_full_forward(model, saes, batch, names):
     tokens, am, mask = batch
@@ -108,7 +111,7 @@ def test_error_term_condition_matches_naive_and_clean(model, saes, batch):
     assert set(res.recon) == {"r0", "z1"}
 
 
-@pytest.mark.parametrize("names", [("r0",), ("z1",), ("m0", "r1")])
+@pytest.mark.parametrize("names", [("r0",), ("r1",), ("z1",), ("m0", "r1"), ("r0", "z1")])
 def test_ablation_conditions_match_naive_full_forward(model, saes, batch, names):
     tokens, am, mask = batch
     sp = Splicer(model, saes)
@@ -148,31 +151,66 @@ def test_clean_pass_equals_plain_forward_and_bare_suffix_equals_clean(model, sae
     nothing = torch.zeros_like(am, dtype=torch.bool)
     for cond in conds:
         assert (sp.run(cond, clean, nothing).logits - clean.logits).abs().max().item() < ATOL
-    assert set(clean.resid_pre) == {0, 1}
+    assert set(clean.resid_pre) == {0, 1, 2}
+    assert clean.resid_pre[1] is clean.acts["blocks.0.hook_resid_post"]  # block 0's output, not a second copy
+    assert clean.resid_pre[2] is clean.acts["blocks.1.hook_resid_post"]  # the input of ln_final + unembed
+
+
+def test_resid_post_splices_start_after_their_block_unless_the_group_touches_it(model, saes):
+    sp = Splicer(model, saes)
+    starts = {names: sp.start_layer(sae_cond(saes, *names)) for names in
+              [("r0",), ("r1",), ("m0",), ("z1",), ("r0", "z1"), ("r0", "m0"), ("z0_topk", "r1")]}
+    assert starts == {("r0",): 1, ("r1",): 2, ("m0",): 0, ("z1",): 1, ("r0", "z1"): 1, ("r0", "m0"): 0,
+                      ("z0_topk", "r1"): 0}
+
+
+def test_shortformer_model_splices_match_naive_full_forward(batch):
+    tokens, am, mask = batch
+    cfg = HookedTransformerConfig(n_layers=2, d_model=D, n_heads=4, d_head=D // 4, d_mlp=4 * D, d_vocab=61,
+                                  n_ctx=64, act_fn="gelu", normalization_type="LN", seed=3,
+                                  positional_embedding_type="shortformer")
+    sf = HookedSAETransformer(cfg).eval()
+    saes = {"r0": make_sae("blocks.0.hook_resid_post", D, seed=1), "r1": make_sae("blocks.1.hook_resid_post", D),
+            "z1": make_sae("blocks.1.attn.hook_z", D, seed=5)}
+    sp = Splicer(sf, saes)
+    for names in [("r0",), ("r1",), ("z1",), ("r0", "z1")]:
+        cond = sae_cond(saes, *names)
+        clean = sp.clean(tokens, am, cond.hooks)
+        got = sp.run(cond, clean, mask).logits
+        want = naive_logits(sf, tokens, am, mask, [(hook(saes, n), sae_fn(saes[n])) for n in names])
+        assert (got - want).abs().max().item() < ATOL
 
 
 def _capture_after_splice(model, start_layer, hook_name, store):
-    """Arm a capture at `hook_name` once the suffix has started, so it runs after the engine's splice hook."""
+    """Arm a capture at `hook_name` once the suffix has started, so it runs after the engine's splice hook.
+
+    A resid_post splice of block start_layer-1 is the suffix's input: captured where the suffix reads it.
+    """
     handles = []
+    if hook_name == f"blocks.{start_layer - 1}.hook_resid_post":
+        reader = model.blocks[start_layer] if start_layer < model.cfg.n_layers else model.ln_final
+        handles.append(reader.register_forward_pre_hook(lambda m, args: store.append(args[0].clone())))
+        return [], handles
 
     def arm(x, hook):
         handles.append(model.hook_dict[hook_name].register_forward_hook(lambda m, i, out: store.append(out.clone())))
 
-    return (f"blocks.{start_layer}.hook_resid_pre", arm), handles
+    return [(f"blocks.{start_layer}.hook_resid_pre", arm)], handles
 
 
-@pytest.mark.parametrize("name", ["r0", "m0", "z1", "zero"])
+@pytest.mark.parametrize("name", ["r0", "r1", "m0", "z1", "zero", "zero_r1"])
 def test_masked_out_positions_keep_the_clean_activation_bit_for_bit(model, saes, batch, name):
     tokens, am, mask = batch
     sp = Splicer(model, saes)
-    cond = (
-        Condition("zero", (), (hook(saes, "z1"),), ablation="zero") if name == "zero" else sae_cond(saes, name)
-    )
+    if name.startswith("zero"):
+        cond = Condition(name, (), (hook(saes, "r1" if name == "zero_r1" else "z1"),), ablation="zero")
+    else:
+        cond = sae_cond(saes, name)
     h = cond.hooks[0]
     clean = sp.clean(tokens, am, cond.hooks)
     store: list[torch.Tensor] = []
-    arm, handles = _capture_after_splice(model, sp.start_layer(cond), h, store)
-    with model.hooks(fwd_hooks=[arm]):
+    fwd_hooks, handles = _capture_after_splice(model, sp.start_layer(cond), h, store)
+    with model.hooks(fwd_hooks=fwd_hooks):
         sp.run(cond, clean, mask)
     for handle in handles:
         handle.remove()
@@ -240,13 +278,17 @@ def test_group_recon_of_downstream_sae_sees_the_upstream_splice(model, saes, bat
     assert not torch.allclose(x1, clean.acts["blocks.1.hook_resid_post"][mask], atol=1e-3)
 
 
-def test_batched_conditions_at_one_layer_match_one_by_one(model, saes, batch):
+@pytest.mark.parametrize("ablation", ["zero", "mean"])
+def test_batched_conditions_at_one_layer_match_one_by_one(model, saes, batch, ablation):
     tokens, am, mask = batch
     sp = Splicer(model, saes)
-    conds = build_conditions(saes, groups=[["r0", "r1"]])
+    conds = build_conditions(saes, groups=[["r0", "r1"], ["r0", "z1"]], ablation=ablation)
     clean = sp.clean(tokens, am, hooks_of(conds))
-    one = [sp.run(c, clean, mask) for c in conds]
-    many = sp.run_many(conds, clean, mask, chunk_size=4)
+    means = ActivationMeans(hooks_of(conds))
+    means.update(clean, mask)
+    means = means.compute()
+    one = [sp.run(c, clean, mask, means) for c in conds]
+    many = sp.run_many(conds, clean, mask, means, chunk_size=4)
     for a, b in zip(one, many):
         assert a.condition == b.condition
         assert (a.logits - b.logits).abs().max().item() < ATOL

@@ -3,6 +3,7 @@
 Both gather only the selected positions, ``chunk_size`` at a time, and upcast one chunk at a time, so a large
 vocabulary (e.g. 256k) never needs a float32 copy of the whole [B, T, V] logits: peak extra memory is about
 3 · chunk_size · V · 4 bytes (1.5 GiB for the default 512 positions at V = 256k; lower chunk_size if tight).
+When every position is selected (the common no-mask case) the chunks are views of the logits, not copies.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 _F64 = torch.float64
+_IGNORE = -100
 DEFAULT_CHUNK_SIZE = 512
 
 
@@ -31,11 +33,22 @@ def _check_inputs(logits: Tensor, tokens_or_logits: Tensor, mask: Tensor, other:
         )
 
 
-def _chunks(select: Tensor, chunk_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """(batch index, position index) pairs of the True entries of ``select`` [B, T], ``chunk_size`` at a time."""
+def _flattens_to_view(t: Tensor) -> bool:
+    return t.shape[1] <= 1 or t.stride(0) == t.shape[1] * t.stride(1)
+
+
+def _row_chunks(select: Tensor, chunk_size: int, *tensors: Tensor) -> Iterator[tuple[Tensor, ...]]:
+    """The rows ``t[b, t]`` (each tensor [B, T, ...]) at the True entries of ``select`` [B, T], ``chunk_size`` at a
+    time, in row-major order; views of ``t.flatten(0, 1)`` when every entry is selected (no gather copy)."""
+    if select.all() and all(_flattens_to_view(t) for t in tensors):
+        flat = [t.flatten(0, 1) for t in tensors]
+        for start in range(0, select.numel(), chunk_size):
+            yield tuple(f[start : start + chunk_size] for f in flat)
+        return
     b_idx, t_idx = select.nonzero(as_tuple=True)
     for start in range(0, b_idx.numel(), chunk_size):
-        yield b_idx[start : start + chunk_size], t_idx[start : start + chunk_size]
+        b, t = b_idx[start : start + chunk_size], t_idx[start : start + chunk_size]
+        yield tuple(x[b, t] for x in tensors)
 
 
 def _compute_dtype(*tensors: Tensor) -> torch.dtype:
@@ -63,9 +76,10 @@ class _MaskedMean(Metric):
         self.add_state("total", default=torch.zeros((), dtype=_F64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros((), dtype=_F64), dist_reduce_fx="sum")
 
-    def _accumulate(self, values: Tensor) -> None:
+    def _accumulate(self, values: Tensor, count: int | None = None) -> None:
+        """Add ``values`` to Σ and ``count`` (default: all of them) to the count."""
         self.total += values.sum(dtype=_F64).to(self.total.device)
-        self.count += values.numel()
+        self.count += values.numel() if count is None else count
 
     def compute(self) -> Tensor:
         if self.count == 0:
@@ -88,12 +102,18 @@ class NextTokenCrossEntropy(_MaskedMean):
         if logits.shape[1] < 2:
             return
         logits = logits.detach()
-        select = torch.zeros_like(mask)
-        select[:, :-1] = mask[:, :-1] & mask[:, 1:]
         dtype = _compute_dtype(logits)
-        for b, t in _chunks(select, self.chunk_size):
-            rows = logits[b, t].to(dtype)
-            self._accumulate(F.cross_entropy(rows, tokens[b, t + 1].long(), reduction="none"))
+        # Position t is scored against tokens[t + 1]; unscored positions get the ignored target (loss 0), so when
+        # the mask keeps everything the chunks run over whole rows as views (the last column, 1/T extra, is ignored).
+        targets = torch.full_like(tokens, _IGNORE, dtype=torch.long)
+        targets[:, :-1] = tokens[:, 1:]
+        scored = torch.zeros_like(mask)
+        scored[:, :-1] = mask[:, :-1] & mask[:, 1:]
+        targets[~scored] = _IGNORE
+        select = mask if mask.all() else scored
+        for rows, target in _row_chunks(select, self.chunk_size, logits, targets[..., None]):
+            loss = F.cross_entropy(rows.to(dtype), target[:, 0], ignore_index=_IGNORE, reduction="none")
+            self._accumulate(loss, int((target != _IGNORE).sum()))
 
 
 class KLDivergence(_MaskedMean):
@@ -111,9 +131,12 @@ class KLDivergence(_MaskedMean):
         _check_inputs(logits, clean_logits, mask, "clean_logits")
         clean_logits, logits = clean_logits.detach(), logits.detach()
         dtype = _compute_dtype(clean_logits, logits)
-        for b, t in _chunks(mask, self.chunk_size):
-            log_p_clean = F.log_softmax(clean_logits[b, t].to(dtype), dim=-1)
-            terms = F.log_softmax(logits[b, t].to(dtype), dim=-1).neg_().add_(log_p_clean)  # log p_clean − log p
+        for clean_rows, rows in _row_chunks(mask, self.chunk_size, clean_logits, logits):
+            log_p_clean = F.log_softmax(clean_rows.to(dtype), dim=-1)
+            terms = F.log_softmax(rows.to(dtype), dim=-1).neg_().add_(log_p_clean)  # log p_clean − log p
             p_clean = log_p_clean.exp_()  # in place: one [chunk, V] buffer fewer
-            terms.mul_(p_clean).masked_fill_(p_clean == 0, 0.0)
-            self._accumulate(terms.sum(-1))
+            kl = terms.mul_(p_clean).sum(-1)
+            bad = ~kl.isfinite()
+            if bad.any():  # only where p_clean = 0 somewhere (0 · −inf = NaN): those terms are 0 by definition
+                kl[bad] = torch.where(p_clean[bad] == 0, 0.0, terms[bad]).sum(-1)
+            self._accumulate(kl)
