@@ -9,6 +9,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from saeeval.choices import check_choices
 from saeeval.errors import SaeevalError
 
 
@@ -32,4 +33,9 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    try:
+        check_choices(sys.argv[1:])
+    except SaeevalError as err:
+        print(f"saeeval: error: {err}", file=sys.stderr)
+        sys.exit(2)
     main()

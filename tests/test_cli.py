@@ -98,3 +98,19 @@ def test_sae_hook_not_in_model_is_one_clear_error(tmp_path):
     proc = run_cli("+task=ioi", "saes.hooks=[blocks.7.hook_resid_post]", out=tmp_path)
     assert_one_line_error(proc, "blocks.7.hook_resid_post")
     assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needles"),
+    [
+        (["+task=foo"], ["unknown task 'foo'", "toxicity"]),
+        (["+task=ioi", "model.name=nonexistent"], ["unknown model 'nonexistent'"]),
+        (["+task=toxicity", "mask=positions", "mask.positions=[FOO]"], ["'FOO'", "answer"]),
+        (["+task=toxicity", "task.labels.toxic=two words"], ["not a single token", "task.labels"]),
+        (["+task=ioi", "limit=0"], ["limit=0"]),
+    ],
+)
+def test_bad_input_is_one_clear_error_line(tmp_path, overrides, needles):
+    proc = run_cli(*overrides, out=tmp_path)
+    assert_one_line_error(proc, *needles)
+    assert not (tmp_path / "results.json").exists()
