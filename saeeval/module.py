@@ -20,7 +20,8 @@ from saeeval.metrics.lm_loss import KLDivergence, NextTokenCrossEntropy
 from saeeval.metrics.logit_diff import GroupedLogitDiff, LogitDiff, PerExample
 from saeeval.metrics.reconstruction import Reconstruction
 from saeeval.metrics.stats import ce_loss_score, kl_div_score, recovered
-from saeeval.splicing import ActivationMeans, Condition, Splicer
+from saeeval.means import ActivationMeans
+from saeeval.splicing import Condition, Splicer
 
 CLEAN = "clean"
 

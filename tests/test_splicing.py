@@ -12,7 +12,8 @@ from sae_lens import HookedSAETransformer
 from transformer_lens import HookedTransformerConfig
 
 from saeeval.errors import SaeevalError
-from saeeval.splicing import ActivationMeans, Condition, Splicer, build_conditions, hooks_of
+from saeeval.means import ActivationMeans
+from saeeval.splicing import Condition, Splicer, build_conditions, hooks_of
 
 torch.set_num_threads(1)
 D = 32
