@@ -110,15 +110,25 @@ def label_runs(runs: Sequence[Run]) -> None:
     dirs = [r.path.parent if r.path.name == RESULTS_FILE else r.path.with_suffix("") for r in runs]
     common = Path(os.path.commonpath([str(d) for d in dirs])) if len(dirs) > 1 else None
     flat = [_flatten(r.doc.get("config") or {}) for r in runs]
-    keys = list(dict.fromkeys(k for f in flat for k in f))
-    differ = [k for k in keys if len({f.get(k) for f in flat}) > 1
-              and k.split(".")[0] not in _LABEL_SKIP and not k.endswith("_target_")]
     rank = {g: i for i, g in enumerate(_LABEL_PRIORITY)}
-    differ.sort(key=lambda k: rank.get(k.split(".")[0], len(rank)))
-    for i, (run, d, f) in enumerate(zip(runs, dirs, flat)):
+    keys = sorted(
+        (k for k in dict.fromkeys(k for f in flat for k in f)
+         if k.split(".")[0] not in _LABEL_SKIP and not k.endswith("_target_")),
+        key=lambda k: rank.get(k.split(".")[0], len(rank)),
+    )
+    differs: list[list[str]] = [[] for _ in runs]
+    for k in keys:
+        # task options only mean something between runs of the same task
+        peers = {r.task for r in runs} if k.startswith("task.") else {None}
+        for task in peers:
+            idx = [i for i, r in enumerate(runs) if task is None or r.task == task]
+            if len({flat[i].get(k) for i in idx}) > 1:
+                for i in idx:
+                    differs[i].append(f"{k}={_short(flat[i].get(k, '—'))}")
+    for i, (run, d) in enumerate(zip(runs, dirs)):
         rel = d.relative_to(common).as_posix() if common is not None else d.name
         run.rid, run.folder = f"R{i + 1}", d.name if rel == "." else rel
-        run.differs = tuple(f"{k}={_short(f.get(k, '—'))}" for k in differ)
+        run.differs = tuple(differs[i])
         run.color = _PALETTE[i % len(_PALETTE)]
 
 

@@ -130,8 +130,10 @@ def test_runs_are_labelled_by_folder_and_the_config_keys_that_differ(run_dirs: l
     runs = load_runs([run_dirs[0].parents[2], run_dirs[2]])
     assert [r.rid for r in runs] == ["R1", "R2", "R3"]
     assert [r.task for r in runs] == ["toxicity", "toxicity", "ioi"]
-    assert runs[0].label == (
-        "R1 · multirun/2024-05-01/10-00-00/0 · saes.layers=[0], model.name=tiny, task.n_examples=480")
+    # task options are compared only between runs of the same task: n_examples differs (480 vs 200) only
+    # across tasks, so it labels no run
+    assert runs[0].label == "R1 · multirun/2024-05-01/10-00-00/0 · saes.layers=[0], model.name=tiny"
+    assert not any(d.startswith("task.") for r in runs for d in r.differs)
     assert runs[1].differs[0] == "saes.layers=[0,1]"
     assert runs[2].folder == "outputs/ioi_run"
 
