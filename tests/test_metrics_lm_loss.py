@@ -225,3 +225,20 @@ def test_bad_shapes_are_rejected() -> None:
         NextTokenCrossEntropy().update(torch.randn(2, 3, 5), torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3))
     with pytest.raises(ValueError, match="clean_logits"):
         KLDivergence().update(torch.randn(2, 3, 4), torch.randn(2, 3, 5), torch.ones(2, 3, dtype=torch.bool))
+
+
+def test_default_chunks_bound_memory_by_vocabulary_and_match_fixed_chunks():
+    """The default chunk holds CHUNK_ELEMENTS logits (16 positions at V = 256k), and gives the fixed-size result."""
+    from saeeval.metrics.lm_loss import CHUNK_ELEMENTS
+
+    assert NextTokenCrossEntropy()._rows_per_chunk(256_000) == CHUNK_ELEMENTS // 256_000 == 16
+    assert KLDivergence()._rows_per_chunk(10 * CHUNK_ELEMENTS) == 1
+    gen = torch.Generator().manual_seed(3)
+    clean, logits = torch.randn(2, 3, 9, 4000, generator=gen)
+    tokens = torch.randint(0, 4000, (3, 9), generator=gen)
+    mask = torch.rand(3, 9, generator=gen) > 0.2
+    for cls, args in ((NextTokenCrossEntropy, (logits, tokens, mask)), (KLDivergence, (clean, logits, mask))):
+        default, fixed = cls(), cls(chunk_size=1)
+        default.update(*args)
+        fixed.update(*args)
+        assert float(default.compute()) == pytest.approx(float(fixed.compute()), rel=1e-12)

@@ -1,8 +1,9 @@
 """Language-modelling metrics over masked token positions: next-token cross-entropy and KL to the clean model.
 
-Both gather only the selected positions, ``chunk_size`` at a time, and upcast one chunk at a time, so a large
-vocabulary (e.g. 256k) never needs a float32 copy of the whole [B, T, V] logits: peak extra memory is about
-3 · chunk_size · V · 4 bytes (1.5 GiB for the default 512 positions at V = 256k; lower chunk_size if tight).
+Both gather only the selected positions, a chunk of rows at a time, and upcast one chunk at a time, so a large
+vocabulary (e.g. 256k) never needs a float32 copy of the whole [B, T, V] logits. By default a chunk holds
+``CHUNK_ELEMENTS // V`` positions (at least one), so peak extra memory is about 3 · 4M · 4 bytes ≈ 48 MiB whatever
+the vocabulary; ``chunk_size`` fixes the number of positions instead.
 When every position is selected (the common no-mask case) the chunks are views of the logits, not copies.
 """
 
@@ -18,7 +19,7 @@ from torchmetrics import Metric
 
 _F64 = torch.float64
 _IGNORE = -100
-DEFAULT_CHUNK_SIZE = 512
+CHUNK_ELEMENTS = 1 << 22  # logits per chunk: 16 MiB in float32
 
 
 def _check_inputs(logits: Tensor, tokens_or_logits: Tensor, mask: Tensor, other: str) -> None:
@@ -68,13 +69,17 @@ class _MaskedMean(Metric):
     total: Tensor
     count: Tensor
 
-    def __init__(self, chunk_size: int = DEFAULT_CHUNK_SIZE, **kwargs: Any) -> None:
+    def __init__(self, chunk_size: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if chunk_size < 1:
+        if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.chunk_size = chunk_size
         self.add_state("total", default=torch.zeros((), dtype=_F64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros((), dtype=_F64), dist_reduce_fx="sum")
+
+    def _rows_per_chunk(self, vocab: int) -> int:
+        """Positions per chunk: the fixed ``chunk_size``, or as many as fit in CHUNK_ELEMENTS logits."""
+        return self.chunk_size or max(1, CHUNK_ELEMENTS // max(vocab, 1))
 
     def _accumulate(self, values: Tensor, count: int | None = None) -> None:
         """Add ``values`` to Σ and ``count`` (default: all of them) to the count."""
@@ -111,7 +116,7 @@ class NextTokenCrossEntropy(_MaskedMean):
         scored[:, :-1] = mask[:, :-1] & mask[:, 1:]
         targets[~scored] = _IGNORE
         select = mask if mask.all() else scored
-        for rows, target in _row_chunks(select, self.chunk_size, logits, targets[..., None]):
+        for rows, target in _row_chunks(select, self._rows_per_chunk(logits.shape[-1]), logits, targets[..., None]):
             loss = F.cross_entropy(rows.to(dtype), target[:, 0], ignore_index=_IGNORE, reduction="none")
             self._accumulate(loss, int((target != _IGNORE).sum()))
 
@@ -131,7 +136,7 @@ class KLDivergence(_MaskedMean):
         _check_inputs(logits, clean_logits, mask, "clean_logits")
         clean_logits, logits = clean_logits.detach(), logits.detach()
         dtype = _compute_dtype(clean_logits, logits)
-        for clean_rows, rows in _row_chunks(mask, self.chunk_size, clean_logits, logits):
+        for clean_rows, rows in _row_chunks(mask, self._rows_per_chunk(logits.shape[-1]), clean_logits, logits):
             log_p_clean = F.log_softmax(clean_rows.to(dtype), dim=-1)
             terms = F.log_softmax(rows.to(dtype), dim=-1).neg_().add_(log_p_clean)  # log p_clean − log p
             p_clean = log_p_clean.exp_()  # in place: one [chunk, V] buffer fewer
