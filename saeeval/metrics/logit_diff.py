@@ -21,7 +21,25 @@ def _check_1d(name: str, value: Tensor) -> None:
         raise ValueError(f"{name} must be 1-D [batch], got shape {tuple(value.shape)}")
 
 
-class LogitDiff(Metric):
+class _LogitDiffSums(Metric):
+    """Float64 sums behind the logit-diff metrics: count, Σd, Σd², #{d > 0}, each of shape `shape`."""
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    n: Tensor
+    total: Tensor
+    total_sq: Tensor
+    n_correct: Tensor
+
+    def __init__(self, shape: tuple[int, ...], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        for name in ("n", "total", "total_sq", "n_correct"):
+            self.add_state(name, default=torch.zeros(shape, dtype=_F64), dist_reduce_fx="sum")
+
+
+class LogitDiff(_LogitDiffSums):
     """Mean logit difference d = logit(correct) − logit(incorrect) over examples, with accuracy and 95% CIs.
 
     Input: ``update(logit_diff: Tensor[B])`` (any float dtype). Also serves paired differences: feed
@@ -35,19 +53,8 @@ class LogitDiff(Metric):
     so the DDP result equals the single-process one. higher_is_better: True (logit_diff, accuracy).
     """
 
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-
-    n: Tensor
-    total: Tensor
-    total_sq: Tensor
-    n_correct: Tensor
-
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        for name in ("n", "total", "total_sq", "n_correct"):
-            self.add_state(name, default=torch.zeros((), dtype=_F64), dist_reduce_fx="sum")
+        super().__init__((), **kwargs)
 
     def update(self, logit_diff: Tensor) -> None:
         _check_1d("logit_diff", logit_diff)
@@ -63,7 +70,7 @@ class LogitDiff(Metric):
         return summarize_logit_diffs(self.n, self.total, self.total_sq, self.n_correct)
 
 
-class GroupedLogitDiff(Metric):
+class GroupedLogitDiff(_LogitDiffSums):
     """LogitDiff kept separately for ``num_groups`` groups (e.g. identity × label), poolable afterwards.
 
     Input: ``update(logit_diff: Tensor[B], group: LongTensor[B])`` with group ids in [0, num_groups).
@@ -73,22 +80,11 @@ class GroupedLogitDiff(Metric):
     its error_rate is the false-positive rate). higher_is_better: True (logit_diff, accuracy).
     """
 
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-
-    n: Tensor
-    total: Tensor
-    total_sq: Tensor
-    n_correct: Tensor
-
     def __init__(self, num_groups: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
         if num_groups < 1:
             raise ValueError(f"num_groups must be >= 1, got {num_groups}")
+        super().__init__((num_groups,), **kwargs)
         self.num_groups = num_groups
-        for name in ("n", "total", "total_sq", "n_correct"):
-            self.add_state(name, default=torch.zeros(num_groups, dtype=_F64), dist_reduce_fx="sum")
 
     def update(self, logit_diff: Tensor, group: Tensor) -> None:
         _check_1d("logit_diff", logit_diff)
