@@ -21,7 +21,7 @@ from saeeval.metrics.logit_diff import GroupedLogitDiff, LogitDiff, PerExample
 from saeeval.metrics.reconstruction import Reconstruction
 from saeeval.metrics.stats import ce_loss_score, kl_div_score, recovered
 from saeeval.means import ActivationMeans
-from saeeval.splicing import Condition, Splicer
+from saeeval.splicing import Condition, Splicer, hooks_of
 
 CLEAN = "clean"
 
@@ -44,8 +44,8 @@ class ConditionMetrics(nn.Module):
 class SAEEvalModule(L.LightningModule):
     """Evaluate `conditions` (SAE splices and ablation baselines) against the clean model on a task's batches.
 
-    `task` is the bound TaskDataModule (read for `has_answers`, `groups`, `slice_fields`); the results dict is
-    left in `self.results` after `trainer.test` (on every rank; only rank 0 writes files).
+    At epoch end it reads the trainer's TaskDataModule for `groups` and `slice_fields`; the results dict is left
+    in `self.results` after `trainer.test` (on every rank; only rank 0 writes files).
     """
 
     def __init__(
@@ -60,13 +60,13 @@ class SAEEvalModule(L.LightningModule):
     ):
         super().__init__()
         self.model = model.requires_grad_(False)
-        self.sae_names = list(saes)
-        self.sae_modules = nn.ModuleList(sae.requires_grad_(False) for sae in saes.values())
+        self.sae_modules = nn.ModuleList(sae.requires_grad_(False) for sae in saes.values())  # moved with the module
+        self.splicer = Splicer(self.model, saes)  # validated once; holds the same (in-place moved) modules
         self.conditions = list(conditions)
         self.token_mask = mask
         self.special_ids = list(special_ids)
         self.has_answers = has_answers
-        self.hooks = sorted({h for c in self.conditions for h in c.hooks})
+        self.hooks = hooks_of(self.conditions)
         self.metrics = nn.ModuleList(
             [ConditionMetrics(has_answers, num_groups, {}, paired=False)]
             + [
@@ -79,7 +79,7 @@ class SAEEvalModule(L.LightningModule):
 
     @property
     def saes(self) -> dict[str, SAE]:
-        return dict(zip(self.sae_names, self.sae_modules))
+        return self.splicer.saes
 
     def _recon_shapes(self, cond: Condition) -> dict[str, tuple[int, int]]:
         if cond.ablation is not None:
@@ -97,11 +97,10 @@ class SAEEvalModule(L.LightningModule):
     @torch.no_grad()
     def _mean_activations(self) -> dict[str, Tensor]:
         """Mean activation per hook over the masked-in positions of the whole eval set (summed over ranks)."""
-        splicer = Splicer(self.model, self.saes)
         means = ActivationMeans(self.hooks)
         for batch in self.trainer.datamodule.test_dataloader():
             batch = self.transfer_batch_to_device(batch, self.device, 0)
-            means.update(splicer.clean(batch["tokens"], batch["attention_mask"], self.hooks), self._mask(batch))
+            means.update(self.splicer.clean(batch["tokens"], batch["attention_mask"], self.hooks), self._mask(batch))
         means.sync()
         return means.compute()
 
@@ -109,11 +108,10 @@ class SAEEvalModule(L.LightningModule):
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         tokens, attention_mask = batch["tokens"], batch["attention_mask"]
         mask = self._mask(batch)
-        splicer = Splicer(self.model, self.saes)
-        clean = splicer.clean(tokens, attention_mask, self.hooks)
+        clean = self.splicer.clean(tokens, attention_mask, self.hooks)
         clean_ld = self._update(self.metrics[0], clean.logits, None, batch, mask, None)
         for cond, metrics in zip(self.conditions, self.metrics[1:]):
-            out = splicer.run(cond, clean, mask, self.means)
+            out = self.splicer.run(cond, clean, mask, self.means)
             self._update(metrics, out.logits, clean.logits, batch, mask, clean_ld)
             for name, recon in zip(metrics.recon_names, metrics.recon):
                 recon.update(*out.recon[name])
