@@ -16,6 +16,14 @@ from saeeval.metrics.stats import summarize_logit_diffs
 _F64 = torch.float64
 
 
+def _check_pair(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
+    """Both inputs 1-D [batch] and of one shape."""
+    _check_1d(name_a, a)
+    _check_1d(name_b, b)
+    if a.shape != b.shape:
+        raise ValueError(f"{name_a} {tuple(a.shape)} and {name_b} {tuple(b.shape)} differ in shape")
+
+
 def _check_1d(name: str, value: Tensor) -> None:
     if value.ndim != 1:
         raise ValueError(f"{name} must be 1-D [batch], got shape {tuple(value.shape)}")
@@ -87,10 +95,7 @@ class GroupedLogitDiff(_LogitDiffSums):
         self.num_groups = num_groups
 
     def update(self, logit_diff: Tensor, group: Tensor) -> None:
-        _check_1d("logit_diff", logit_diff)
-        _check_1d("group", group)
-        if logit_diff.shape != group.shape:
-            raise ValueError(f"logit_diff {tuple(logit_diff.shape)} and group {tuple(group.shape)} differ in shape")
+        _check_pair("logit_diff", logit_diff, "group", group)
         if logit_diff.numel() == 0:
             return
         group = group.detach().to(self.n.device).long()
@@ -146,10 +151,7 @@ class PerExample(Metric):
         self.add_state("values", default=[], dist_reduce_fx="cat")
 
     def update(self, ids: Tensor, values: Tensor) -> None:
-        _check_1d("ids", ids)
-        _check_1d("values", values)
-        if ids.shape != values.shape:
-            raise ValueError(f"ids {tuple(ids.shape)} and values {tuple(values.shape)} differ in shape")
+        _check_pair("ids", ids, "values", values)
         if ids.numel() == 0:
             return
         self.ids.append(ids.detach().to(device=self.device, dtype=torch.long))
