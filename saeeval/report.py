@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 
 import saeeval
 from saeeval import report_charts as charts
-from saeeval.errors import SaeevalError
+from saeeval.errors import SaeevalError, print_error
 from saeeval.results import RESULTS_FILE, SCHEMA_VERSION, atomic_write_text, read_results
 
 _PALETTE = ["#4477AA", "#EE6677", "#228833", "#CCBB44", "#66CCEE", "#AA3377", "#BBBBBB", "#000000"]
@@ -331,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.wandb_report:
             print(f"saeeval: wandb report saved to {publish_wandb_report(runs, args.wandb_report)}")
     except SaeevalError as err:
-        print(f"saeeval: error: {err}", file=sys.stderr)
+        print_error(err)
         return 2
     return 0
 
