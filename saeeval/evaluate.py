@@ -28,10 +28,14 @@ TASKS_HINT = "add one, e.g. `python -m saeeval +task=toxicity` (tasks: toxicity,
 
 
 def quiet_lightning() -> None:
-    """Drop Lightning's start-up chatter (device lines, tips, a pytree deprecation) so the table stands out."""
+    """Drop Lightning's start-up chatter (device lines, tips, a pytree deprecation) so the table stands out.
+
+    Also its hint to prepend `srun` whenever SLURM is installed: saeeval's SLURM jobs go through submitit (which
+    uses srun), and on a SLURM login node the hint would precede every local run's table or error line."""
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used")
 
 
 def build(node: Any) -> Any:
