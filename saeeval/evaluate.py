@@ -70,6 +70,11 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     L.seed_everything(cfg.seed, verbose=False)
     quiet_lightning()
 
+    logger = build(cfg.logger) if cfg.get("logger") else False
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=logger)
+    _check_launch(trainer)
+    if cfg.device == "auto":
+        cfg.device = str(trainer.strategy.root_device)  # this rank's device: cuda:r under DDP, else cpu / cuda:0
     model = build(cfg.model)
     saes = build(cfg.saes)(model)
     conditions = build_conditions(saes, **cfg.splice)
@@ -81,9 +86,6 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     module = SAEEvalModule(
         model, saes, conditions, mask, special_token_ids(model.tokenizer), task.has_answers, len(task.groups)
     )
-    logger = build(cfg.logger) if cfg.get("logger") else False
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=logger)
-    _check_launch(trainer)
     trainer.test(module, datamodule=task, verbose=False)
     if not trainer.is_global_zero:
         _drop_empty_child_log()

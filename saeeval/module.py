@@ -7,7 +7,7 @@ once, at epoch end, into the results dict that saeeval.results writes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -39,6 +39,19 @@ class ConditionMetrics(nn.Module):
         self.per_example = PerExample() if has_answers else None
         self.recon_names = list(recon)
         self.recon = nn.ModuleList(Reconstruction(d_in, d_sae) for d_in, d_sae in recon.values())
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> nn.Module:
+        """Move the metric states with the module, never change their dtype.
+
+        Lightning's precision plugins convert the whole LightningModule (`module.to(torch.bfloat16)` for
+        `bf16-true`), and torchmetrics lets `.to(dtype)` through to the states: the float64 sums would become
+        bfloat16, where a count of 638 tokens rounds to 640.
+        """
+
+        def move_only(t: Tensor) -> Tensor:
+            return t.to(fn(t.new_empty(0)).device)
+
+        return super()._apply(move_only, recurse)
 
 
 class SAEEvalModule(L.LightningModule):
@@ -91,8 +104,25 @@ class SAEEvalModule(L.LightningModule):
         return self.token_mask(batch["tokens"], batch["attention_mask"], batch.get("positions"), self.special_ids)
 
     def on_test_start(self) -> None:
+        self.follow_placement()
         if any(c.ablation == "mean" for c in self.conditions):
             self.means = self._mean_activations()
+
+    def follow_placement(self) -> None:
+        """Make TransformerLens's `cfg.device/dtype` and each SAE's `device/dtype` match their parameters.
+
+        Lightning places and converts the module with `nn.Module.to`, which moves the tensors but not that
+        bookkeeping; TransformerLens routes tokens and the residual stream by `cfg.device` and sae_lens casts
+        inputs to `SAE.dtype`, so without this a rank on `cuda:1` would send its tokens to `cuda:0` and a
+        `64-true` run would still encode in float32. The device keeps its index (`cuda:1`): TransformerLens's own
+        `.to(torch.device)` would keep only the type.
+        """
+        param = next(self.model.parameters())
+        self.model.to(str(param.device), print_details=False)
+        self.model.to(param.dtype, print_details=False)
+        for sae in self.saes.values():
+            sae_param = next(sae.parameters())
+            sae.to(device=sae_param.device, dtype=sae_param.dtype)
 
     @torch.no_grad()
     def _mean_activations(self) -> dict[str, Tensor]:

@@ -16,14 +16,19 @@ import saeeval
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"
 SAMPLES_FILE = "samples.jsonl"
-# Keys that change where or how a run executes but not what it computes.
-_UNHASHED = ("hydra", "force", "plot", "trainer", "logger")
+# Keys that change where or how a run executes but not what it computes. `device` only says where the weights
+# are loaded: the trainer then places them, and its accelerator and precision (which do change the numbers) are
+# hashed through _HASHED_TRAINER_KEYS; devices, strategy and the like split the work without changing it.
+_UNHASHED = ("hydra", "force", "plot", "trainer", "logger", "device")
+_HASHED_TRAINER_KEYS = ("accelerator", "precision")
 _PACKAGES = ("torch", "transformer_lens", "sae_lens", "lightning", "torchmetrics", "hydra-core", "transformers")
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
     """A stable hash of what a run computes (the resolved config minus execution-only keys)."""
     kept = {k: v for k, v in config.items() if k not in _UNHASHED}
+    trainer = config.get("trainer") or {}
+    kept["trainer"] = {k: trainer.get(k) for k in _HASHED_TRAINER_KEYS}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
