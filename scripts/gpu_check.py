@@ -1,0 +1,169 @@
+"""GPU check: the zoo and a GPT-2-small-shaped stand-in on CUDA (float32, bf16, DDP) against the CPU float32 run.
+
+Every configuration runs the real CLI (`python -m saeeval ...`) in a subprocess and its results.json is compared,
+number by number, with the CPU float32 run of the same task, model and SAEs:
+
+- float32 on the GPU: every number within 1e-3 relative (abs 1e-4): only summation order differs;
+- bf16: logit differences within 0.1 + 2% of the clean one, CE within 2% relative, explained variance within 0.02
+  (bfloat16 keeps 8 bits of mantissa; metric states stay float64, log-softmax runs in float32);
+- `device=cpu trainer=gpu`: Lightning moves the weights, TransformerLens's cfg and the SAEs must follow;
+- `trainer=ddp` over every visible GPU (one GPU: a one-rank DDP group, still routed by the rank's device).
+
+The last line is the summary: `gpu_check: ... status=PASS|FAIL`. `--allow-cpu` runs the same plumbing with
+`trainer=cpu` where no GPU is visible (a dry run of this script, not a GPU result).
+
+    python scripts/gpu_check.py                 # on a CUDA machine, about 5 minutes
+    python scripts/gpu_check.py --allow-cpu --quick   # plumbing only, here
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKENIZER = ROOT / "tests" / "fixtures" / "gpt2-tokenizer"
+F32_REL, F32_ABS = 1e-3, 1e-4
+BF16_LD_ABS, BF16_LD_REL, BF16_CE_REL, BF16_EV_ABS = 0.1, 0.02, 0.02, 0.02
+
+
+def build_gpt2_standin(folder: Path, n_layers: int, width: int) -> tuple[Path, list[Path]]:
+    """A random-weight GPT-2-small-shaped HF folder (real 50257-token tokenizer) and two resid_pre SAE folders."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    model_dir = folder / "gpt2-standin"
+    tok = GPT2TokenizerFast(vocab_file=str(TOKENIZER / "vocab.json"), merges_file=str(TOKENIZER / "merges.txt"))
+    if len(tok) != 50257:  # some transformers versions build a 1-token tokenizer from the file keywords
+        vocab = json.loads((TOKENIZER / "vocab.json").read_text())
+        merges = [tuple(ln.split()) for ln in (TOKENIZER / "merges.txt").read_text().splitlines()[1:] if ln]
+        tok = GPT2TokenizerFast(vocab=vocab, merges=merges)
+    assert len(tok) == 50257, len(tok)
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=n_layers, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024))
+    hf.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    sae_dirs = []
+    for layer in (n_layers * 5 // 12, n_layers * 8 // 12):  # layers 5 and 8 of GPT-2 small; 0 and 1 of 2
+        gen = torch.Generator().manual_seed(layer)
+        sae = StandardSAE(StandardSAEConfig(d_in=768, d_sae=width,
+                                            metadata=SAEMetadata(hook_name=f"blocks.{layer}.hook_resid_pre")))
+        with torch.no_grad():
+            for p in sae.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * (0.02 if p.ndim > 1 else 0.01))
+        path = folder / f"sae-l{layer}"
+        sae.save_model(str(path))
+        sae_dirs.append(path)
+    return model_dir, sae_dirs
+
+
+def run(args: list[str], out: Path) -> tuple[dict[str, Any], float]:
+    """One CLI run into `out`; its results.json and wall seconds."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "saeeval", *args, f"hydra.run.dir={out}", "plot=false"],
+                          capture_output=True, text=True, cwd=out.parent)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stderr[-2000:]}")
+    return json.loads((out / "results.json").read_text()), seconds
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    if isinstance(node, dict):
+        for key, value in node.items():
+            out.update(flatten(value, f"{prefix}/{key}"))
+    elif isinstance(node, (int, float)) and not isinstance(node, bool):
+        out[prefix] = float(node)
+    return out
+
+
+def f32_violations(ref: dict, got: dict) -> tuple[float, list[str]]:
+    """Largest relative difference over every number, and the keys beyond the float32 tolerance."""
+    a, b = flatten(ref["conditions"]), flatten(got["conditions"])
+    worst, bad = 0.0, []
+    for key, value in a.items():
+        other = b.get(key, math.nan)
+        rel = abs(other - value) / max(abs(value), 1e-12)
+        worst = max(worst, rel if rel == rel else math.inf)
+        if not math.isclose(other, value, rel_tol=F32_REL, abs_tol=F32_ABS):
+            bad.append(key)
+    return worst, bad
+
+
+def bf16_violations(ref: dict, got: dict) -> tuple[float, list[str]]:
+    """Largest logit-diff difference, and every stated bf16 bound that fails."""
+    conds, bad, worst = ref["conditions"], [], 0.0
+    clean_ld = abs(conds["clean"].get("task", {}).get("logit_diff") or 0.0)
+    for name, cond in conds.items():
+        other = got["conditions"][name]
+        if "logit_diff" in cond.get("task", {}):
+            diff = abs(other["task"]["logit_diff"] - cond["task"]["logit_diff"])
+            worst = max(worst, diff)
+            if diff > BF16_LD_ABS + BF16_LD_REL * clean_ld:
+                bad.append(f"{name}/logit_diff")
+        ce, ce_other = cond["lm"].get("ce_loss"), other["lm"].get("ce_loss")
+        if ce is not None and not math.isclose(ce_other, ce, rel_tol=BF16_CE_REL):
+            bad.append(f"{name}/ce_loss")
+        for hook, recon in cond.get("reconstruction", {}).items():
+            if abs(other["reconstruction"][hook]["explained_variance"] - recon["explained_variance"]) > BF16_EV_ABS:
+                bad.append(f"{name}/{hook}/explained_variance")
+    return worst, bad
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--allow-cpu", action="store_true", help="dry run with trainer=cpu when no GPU is visible")
+    parser.add_argument("--quick", action="store_true", help="fewer examples, 2 layers, narrow SAEs (plumbing)")
+    parser.add_argument("--keep", type=Path, default=None, help="keep the run folders here")
+    opts = parser.parse_args()
+    n_gpus = torch.cuda.device_count()
+    if n_gpus == 0 and not opts.allow_cpu:
+        print("gpu_check: no CUDA device is visible; nothing was run (--allow-cpu for a dry run)", file=sys.stderr)
+        return 2
+    gpu = ["trainer=gpu"] if n_gpus else ["trainer=cpu"]
+    ddp = ["trainer=ddp", f"trainer.devices={n_gpus}"] if n_gpus else ["trainer=ddp_cpu"]
+    limit = 32 if opts.quick else 256
+    work = opts.keep or Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    work.mkdir(parents=True, exist_ok=True)
+    model_dir, sae_dirs = build_gpt2_standin(work, 2 if opts.quick else 12, 1024 if opts.quick else 24576)
+    gpt2 = ["model=hf_folder", f"model.name={model_dir}", "saes=folder", f"saes.paths=[{','.join(map(str, sae_dirs))}]"]
+    setups = {"zoo": ["+task=toxicity", f"limit={limit}"],
+              "gpt2": ["+task=ioi", f"limit={limit}", "batch_size=16", *gpt2]}
+    variants = {
+        "f32": (gpu, "f32"),
+        "bf16": ([*gpu, "dtype=bfloat16"], "bf16"),
+        "placed": ([*gpu, "device=cpu"], "f32"),
+        "ddp": (ddp, "f32"),
+    }
+    env_note = torch.cuda.get_device_name(0) if n_gpus else "cpu (dry run)"
+    summary, failed = [], []
+    for setup, base in setups.items():
+        ref, ref_s = run([*base, "trainer=cpu", "device=cpu"], work / f"{setup}-cpu")
+        summary.append(f"{setup}_cpu_s={ref_s:.1f}")
+        for variant, (extra, kind) in variants.items():
+            got, secs = run([*base, *extra], work / f"{setup}-{variant}")
+            worst, bad = (f32_violations if kind == "f32" else bf16_violations)(ref, got)
+            summary.append(f"{setup}_{variant}_s={secs:.1f} {setup}_{variant}_{'maxrel' if kind == 'f32' else 'ld_maxabs'}={worst:.2e}")
+            if bad:
+                failed.append(f"{setup}-{variant}: {', '.join(bad[:5])}")
+    for line in failed:
+        print(f"gpu_check: beyond tolerance: {line}", file=sys.stderr)
+    print(f"gpu_check: device={env_note!r} n_gpus={n_gpus} torch={torch.__version__} " + " ".join(summary)
+          + f" status={'FAIL' if failed else 'PASS'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
