@@ -59,6 +59,8 @@ def load_model(
     it, so logits equal the original checkpoint's; SAEs trained on processed weights need the same flags.
     """
     torch_dtype = _torch_dtype(dtype)
+    if device == "auto":  # the CLI resolves auto to the trainer's device first; called directly: the best one here
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     kwargs = dict(from_pretrained_kwargs or {})
     zoo = Path(zoo_root) if zoo_root is not None else default_zoo_root()
     if name in available_zoo_models(zoo):
