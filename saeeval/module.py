@@ -21,9 +21,12 @@ from saeeval.metrics.logit_diff import GroupedLogitDiff, LogitDiff, PerExample
 from saeeval.metrics.reconstruction import Reconstruction
 from saeeval.metrics.stats import ce_loss_score, kl_div_score, recovered
 from saeeval.means import ActivationMeans
-from saeeval.splicing import Condition, Splicer, hooks_of
+from saeeval.scoring import answer_logit_diff, score_lm
+from saeeval.splicing import Condition, Splicer, conditions_per_forward, hooks_of
 
 CLEAN = "clean"
+FINALS_BUDGET = 1 << 28
+"""Bytes of conditions' final residuals held at once per batch (256 MiB); more conditions are scored in groups."""
 
 
 class ConditionMetrics(nn.Module):
@@ -58,7 +61,8 @@ class SAEEvalModule(L.LightningModule):
     """Evaluate `conditions` (SAE splices and ablation baselines) against the clean model on a task's batches.
 
     At epoch end it reads the trainer's TaskDataModule for `groups` and `slice_fields`; the results dict is left
-    in `self.results` after `trainer.test` (on every rank; only rank 0 writes files).
+    in `self.results` after `trainer.test` (on every rank; only rank 0 writes files). `condition_batch`: how many
+    conditions starting at the same block share one forward (None: `splicing.conditions_per_forward`, 1 on CPU).
     """
 
     def __init__(
@@ -70,6 +74,7 @@ class SAEEvalModule(L.LightningModule):
         special_ids: Sequence[int],
         has_answers: bool,
         num_groups: int,
+        condition_batch: int | None = None,
     ):
         super().__init__()
         self.model = model.requires_grad_(False)
@@ -79,6 +84,7 @@ class SAEEvalModule(L.LightningModule):
         self.token_mask = mask
         self.special_ids = list(special_ids)
         self.has_answers = has_answers
+        self.condition_batch = condition_batch
         self.hooks = hooks_of(self.conditions)
         self.metrics = nn.ModuleList(
             [ConditionMetrics(has_answers, num_groups, {}, paired=False)]
@@ -139,29 +145,35 @@ class SAEEvalModule(L.LightningModule):
         tokens, attention_mask = batch["tokens"], batch["attention_mask"]
         mask = self._mask(batch)
         clean = self.splicer.clean(tokens, attention_mask, self.hooks)
-        clean_ld = self._update(self.metrics[0], clean.logits, None, batch, mask, None)
-        for cond, metrics in zip(self.conditions, self.metrics[1:]):
-            out = self.splicer.run(cond, clean, mask, self.means)
-            self._update(metrics, out.logits, clean.logits, batch, mask, clean_ld)
-            for name, recon in zip(metrics.recon_names, metrics.recon):
-                recon.update(*out.recon[name])
+        clean_ld = self._update_answers(self.metrics[0], clean.final, batch, None)
+        per_forward = self.condition_batch or conditions_per_forward(self.model, tokens.shape)
+        for n, group in enumerate(self._groups(clean.final)):
+            finals: list[Tensor | None] = [None] * len(group)
+            conds = [self.conditions[i] for i in group]
+            for j, out in self.splicer.iter_many(conds, clean, mask, self.means, per_forward):
+                metrics = self.metrics[1 + group[j]]
+                for name, recon in zip(metrics.recon_names, metrics.recon):
+                    recon.update(*out.recon[name])
+                self._update_answers(metrics, out.final, batch, clean_ld)
+                finals[j] = out.final
+            scored = [self.metrics[1 + i] for i in group]
+            score_lm(self.splicer.unembed, clean.final, finals, tokens, mask,  # type: ignore[arg-type]
+                     self.metrics[0].ce if n == 0 else None, [m.ce for m in scored], [m.kl for m in scored])
 
-    def _update(
-        self,
-        m: ConditionMetrics,
-        logits: Tensor,
-        clean_logits: Tensor | None,
-        batch: Mapping[str, Any],
-        mask: Tensor,
-        clean_ld: Tensor | None,
+    def _groups(self, final: Tensor) -> list[list[int]]:
+        """Condition indices in groups whose final residuals fit FINALS_BUDGET together (at least one group, so the
+        clean CE is scored even without conditions); each group shares one clean unembedding per chunk."""
+        size = max(1, FINALS_BUDGET // max(1, final.numel() * final.element_size()))
+        idx = list(range(len(self.conditions)))
+        return [idx[i : i + size] for i in range(0, len(idx), size)] or [[]]
+
+    def _update_answers(
+        self, m: ConditionMetrics, final: Tensor, batch: Mapping[str, Any], clean_ld: Tensor | None
     ) -> Tensor | None:
-        m.ce.update(logits, batch["tokens"], mask)
-        if m.kl is not None:
-            m.kl.update(clean_logits, logits, mask)
+        """Logit-difference states from the last column (rows are left-padded: the answer is predicted there)."""
         if not self.has_answers:
             return None
-        last = logits[:, -1].float()  # rows are left-padded: the answer is predicted at the last column
-        ld = last.gather(1, batch["correct"][:, None])[:, 0] - last.gather(1, batch["incorrect"][:, None])[:, 0]
+        ld = answer_logit_diff(self.splicer.unembed, final, batch["correct"], batch["incorrect"])
         m.ld.update(ld)
         m.grouped.update(ld, batch["group"])
         m.per_example.update(batch["example_id"], ld)

@@ -8,13 +8,15 @@ layer can share one batched forward. A splice at `blocks.L.hook_resid_post` (blo
 input) is applied to the cached activation and the suffix starts at block L+1, so block L is not re-run.
 Hooks are attached with `model.hooks(...)` for one call only, so the model is never modified (no `add_sae`,
 no module swap). Masked-out positions keep their clean activation bit for bit.
+Every pass stops at the final residual stream (after ln_final, `[B, T, d]`): logits at a 256k vocabulary are GBs,
+so saeeval.scoring unembeds them a chunk of positions at a time; `.logits` gives them whole on demand.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +24,7 @@ import torch
 from sae_lens import SAE
 
 from saeeval.errors import SaeevalError
+from saeeval.unembed import Unembed
 
 _LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
 ABLATIONS = ("zero", "mean")
@@ -139,27 +142,41 @@ def hooks_of(conditions: Iterable[Condition]) -> list[str]:
 
 @dataclass
 class CleanPass:
-    """What one clean forward leaves for the conditions: logits and only the activations they need.
+    """What one clean forward leaves for the conditions: the final residual and only the activations they need.
 
-    `resid_pre[l]` is the residual entering block l (l = n_layers: the input of ln_final/unembed).
+    `final` is the residual after ln_final `[B, T, d]` (what the unembedding reads); `resid_pre[l]` is the residual
+    entering block l (l = n_layers: the input of ln_final).
     """
 
     tokens: torch.Tensor
     attention_mask: torch.Tensor
-    logits: torch.Tensor
+    final: torch.Tensor
     acts: dict[str, torch.Tensor]
     resid_pre: dict[int, torch.Tensor]
+    unembed: Unembed
     shortformer_pos_embed: torch.Tensor | None = None
     order: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """Whole `[B, T, V]` logits, computed on demand (small models, tests); scoring never asks for them."""
+        return self.unembed(self.final)
 
 
 @dataclass
 class SplicedPass:
-    """Logits `[B, T, V]` under a condition and, per SAE, `(x, x_hat, feats)` at the N masked-in positions."""
+    """The final residual `[B, T, d]` under a condition and, per SAE, `(x, x_hat, feats)` at the N masked-in
+    positions."""
 
     condition: Condition
-    logits: torch.Tensor
+    final: torch.Tensor
+    unembed: Unembed
     recon: dict[str, Recon] = field(default_factory=dict)
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """Whole `[B, T, V]` logits, computed on demand (small models, tests); scoring never asks for them."""
+        return self.unembed(self.final)
 
 
 def encode_decode(sae: SAE, acts: torch.Tensor) -> Recon:
@@ -176,6 +193,28 @@ def encode_decode(sae: SAE, acts: torch.Tensor) -> Recon:
     return x, x_hat, feats
 
 
+GPU_BATCH_SHARE = 0.25
+"""Share of free GPU memory that conditions batched into one forward may take."""
+MAX_CONDITIONS_PER_FORWARD = 8
+
+
+def conditions_per_forward(model: Any, shape: Sequence[int]) -> int:
+    """How many conditions to batch into one suffix forward for token batches of `shape` `(B, T)`.
+
+    1 on CPU (one thread's matmuls are already efficient at B·T rows: batching only adds memory); on CUDA as many
+    as fit in GPU_BATCH_SHARE of the free memory (at most MAX_CONDITIONS_PER_FORWARD), by an upper estimate of
+    one block's live activations per condition: residual copies, attention scores and pattern, MLP hidden.
+    """
+    device = torch.device(model.cfg.device) if model.cfg.device is not None else torch.device("cpu")
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return 1
+    cfg, (b, t) = model.cfg, shape
+    per_position = 8 * cfg.d_model + 3 * cfg.n_heads * t + 3 * (cfg.d_mlp or 4 * cfg.d_model)
+    per_condition = b * t * per_position * torch.finfo(cfg.dtype).bits // 8
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(max(1, min(MAX_CONDITIONS_PER_FORWARD, int(free * GPU_BATCH_SHARE) // max(1, per_condition))))
+
+
 def _check_no_attached_saes(model: Any) -> None:
     if getattr(model, "acts_to_saes", None):
         raise SaeevalError("the model has SAEs attached with add_sae; call model.reset_saes() before evaluating")
@@ -188,6 +227,7 @@ class Splicer:
         _check_no_attached_saes(model)
         self.model = model
         self.saes = dict(saes)
+        self.unembed = Unembed(model)
         for name, sae in self.saes.items():
             hook = _sae_hook(sae)
             if hook not in model.hook_dict:
@@ -228,17 +268,25 @@ class Splicer:
             order.setdefault(hook.name, len(order))
 
         with model.hooks(fwd_hooks=[(n, save) for n in names]):
-            logits = model(tokens, attention_mask=attention_mask, return_type="logits")
+            final = self._final(model(tokens, attention_mask=attention_mask, stop_at_layer=model.cfg.n_layers))
         self._check_widths(store)
         return CleanPass(
             tokens=tokens,
             attention_mask=attention_mask,
-            logits=logits,
+            final=final,
             acts={h: store[h] for h in hooks},
             resid_pre={layer: store[name] for layer, name in pre.items()},
+            unembed=self.unembed,
             shortformer_pos_embed=store.get("hook_pos_embed") if shortformer else None,
             order=order,
         )
+
+    def _final(self, resid: torch.Tensor) -> torch.Tensor:
+        """ln_final and the unembedding's input hook, as the model's forward applies them (inside the caller's
+        hook context, so hooks there still fire); the matmul itself is left to saeeval.unembed."""
+        if self.model.cfg.normalization_type is not None:
+            resid = self.model.ln_final(resid)
+        return self.model.unembed.hook_in(resid)
 
     def _check_widths(self, store: Mapping[str, torch.Tensor]) -> None:
         for name, sae in self.saes.items():
@@ -262,7 +310,7 @@ class Splicer:
         mask: torch.Tensor,
         means: Mapping[str, torch.Tensor] | None = None,
     ) -> SplicedPass:
-        """The model's logits (and SAE reconstructions) under one condition, from its first spliced layer on."""
+        """The final residual (and SAE reconstructions) under one condition, from its first spliced layer on."""
         return self.run_many([cond], clean, mask, means)[0]
 
     def run_many(
@@ -273,8 +321,23 @@ class Splicer:
         means: Mapping[str, torch.Tensor] | None = None,
         chunk_size: int = 1,
     ) -> list[SplicedPass]:
-        """Run each condition; up to `chunk_size` conditions starting at the same layer share one forward
-        (their inputs concatenated along the batch), trading memory for fewer, larger matmuls."""
+        """Every condition's pass, in the order of `conds` (see `iter_many`)."""
+        results: list[SplicedPass | None] = [None] * len(conds)
+        for i, res in self.iter_many(conds, clean, mask, means, chunk_size):
+            results[i] = res
+        return results  # type: ignore[return-value]
+
+    def iter_many(
+        self,
+        conds: Sequence[Condition],
+        clean: CleanPass,
+        mask: torch.Tensor,
+        means: Mapping[str, torch.Tensor] | None = None,
+        chunk_size: int = 1,
+    ) -> Iterator[tuple[int, SplicedPass]]:
+        """`(index into conds, pass)` as each forward finishes, so a caller can consume and drop reconstructions
+        before the next one; up to `chunk_size` conditions starting at the same layer share one forward (their
+        inputs concatenated along the batch), trading memory for fewer, larger matmuls."""
         if chunk_size < 1:
             raise SaeevalError(f"chunk_size={chunk_size} must be at least 1")
         for cond in conds:
@@ -282,13 +345,10 @@ class Splicer:
         by_start: dict[int | None, list[int]] = {}
         for i, cond in enumerate(conds):
             by_start.setdefault(self.start_layer(cond), []).append(i)
-        results: list[SplicedPass | None] = [None] * len(conds)
         for start, idxs in by_start.items():
             for j in range(0, len(idxs), chunk_size):
                 chunk = idxs[j : j + chunk_size]
-                for i, res in zip(chunk, self._run_chunk([conds[i] for i in chunk], start, clean, mask, means)):
-                    results[i] = res
-        return results  # type: ignore[return-value]
+                yield from zip(chunk, self._run_chunk([conds[i] for i in chunk], start, clean, mask, means))
 
     def _validate(self, cond: Condition, clean: CleanPass, means: Mapping[str, torch.Tensor] | None) -> None:
         missing = [h for h in cond.hooks if h not in clean.acts]
@@ -356,23 +416,25 @@ class Splicer:
 
         am = rep(clean.attention_mask)
         fwd_hooks = [(h, splice) for h in hooks_of(conds) if h != entry]
+        stop = self.model.cfg.n_layers
         with self.model.hooks(fwd_hooks=fwd_hooks):
             if start is None:
-                logits = self.model(rep(clean.tokens), attention_mask=am, return_type="logits")
+                resid = self.model(rep(clean.tokens), attention_mask=am, stop_at_layer=stop)
             else:
                 inputs = [
                     splice_one(i, entry, clean.acts[entry]) if entry in c.hooks else clean.resid_pre[start]
                     for i, c in enumerate(conds)
                 ]
                 sf = clean.shortformer_pos_embed
-                logits = self.model(
+                resid = self.model(
                     inputs[0] if k == 1 else torch.cat(inputs),
                     start_at_layer=start,
+                    stop_at_layer=stop,
                     attention_mask=am,
                     shortformer_pos_embed=None if sf is None else rep(sf),
-                    return_type="logits",
                 )
+            final = self._final(resid)
         return [
-            SplicedPass(cond, logits if k == 1 else logits[i * b : (i + 1) * b], recons[i])
+            SplicedPass(cond, final if k == 1 else final[i * b : (i + 1) * b], self.unembed, recons[i])
             for i, cond in enumerate(conds)
         ]

@@ -42,6 +42,7 @@ from transformer_lens import HookedTransformerConfig
 
 from saeeval.masks import TokenMask
 from saeeval.module import SAEEvalModule
+from saeeval.profiling import peak_tensor_bytes
 from saeeval.splicing import Splicer, build_conditions, hooks_of
 
 BOS = 0
@@ -232,33 +233,9 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def peak_tensor_mib(fn: Callable[[], Any]) -> float | None:
-    """Peak MiB of CPU tensor memory that one call allocates above what was live when it started.
-
-    Read from torch's profiler allocation records (profile_memory=True: every allocation with the allocator's
-    running total), so it is exact and repeatable, unlike RSS, which glibc's caching makes wander by 30%.
-    Returns None if this torch's profiler does not expose them.
-    """
-    try:
-        from torch._C._profiler import _EventType
-        from torch.profiler import ProfilerActivity, profile
-
-        gc.collect()
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            fn()
-        records, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
-        while stack:
-            event = stack.pop()
-            if event.tag == _EventType.Allocation:
-                f = event.extra_fields
-                records.append((event.start_time_ns, f.total_allocated, f.alloc_size))
-            stack.extend(event.children)
-    except (AttributeError, ImportError, RuntimeError):
-        return None
-    if not records:
-        return 0.0
-    records.sort()
-    start = records[0][1] - records[0][2]
-    return (max(total for _, total, _ in records) - start) / 2**20
+    """Peak MiB of CPU tensor memory one call allocates above what was live when it started (None: unavailable)."""
+    peak = peak_tensor_bytes(fn)
+    return None if peak is None else peak / 2**20
 
 
 def max_rel_diff(ours: dict, theirs: dict, skip: tuple[str, ...]) -> tuple[float, str]:

@@ -1,15 +1,17 @@
 """Language-modelling metrics over masked token positions: next-token cross-entropy and KL to the clean model.
 
-Both gather only the selected positions, a chunk of rows at a time, and upcast one chunk at a time, so a large
-vocabulary (e.g. 256k) never needs a float32 copy of the whole [B, T, V] logits. By default a chunk holds
-``CHUNK_ELEMENTS // V`` positions (at least one), so peak extra memory is about 3 · 4M · 4 bytes ≈ 48 MiB whatever
-the vocabulary; ``chunk_size`` fixes the number of positions instead.
-When every position is selected (the common no-mask case) the chunks are views of the logits, not copies.
+Two ways in. ``update(logits, ...)`` takes whole ``[B, T, V]`` logits (any caller, tests): it gathers only the
+selected positions, a chunk of rows at a time, upcast one chunk at a time, so a large vocabulary (e.g. 256k) never
+needs a float32 copy of the whole logits. By default a chunk holds ``CHUNK_ELEMENTS // V`` positions (at least one),
+so peak extra memory is about 3 · 4M · 4 bytes ≈ 48 MiB whatever the vocabulary; ``chunk_size`` fixes the number
+of positions instead; when every position is selected the chunks are views of the logits, not copies.
+The evaluation engine never builds whole logits: saeeval.scoring computes per-position values for all conditions
+a chunk at a time (with ``next_token_targets``, ``CleanRows`` and ``kl_rows`` below) and feeds them with ``add``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -18,7 +20,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 _F64 = torch.float64
-_IGNORE = -100
+IGNORE = -100
 CHUNK_ELEMENTS = 1 << 22  # logits per chunk: 16 MiB in float32
 
 
@@ -38,7 +40,7 @@ def _flattens_to_view(t: Tensor) -> bool:
     return t.shape[1] <= 1 or t.stride(0) == t.shape[1] * t.stride(1)
 
 
-def _row_chunks(select: Tensor, chunk_size: int, *tensors: Tensor) -> Iterator[tuple[Tensor, ...]]:
+def row_chunks(select: Tensor, chunk_size: int, *tensors: Tensor) -> Iterator[tuple[Tensor, ...]]:
     """The rows ``t[b, t]`` (each tensor [B, T, ...]) at the True entries of ``select`` [B, T], ``chunk_size`` at a
     time, in row-major order; views of ``t.flatten(0, 1)`` when every entry is selected (no gather copy)."""
     if select.all() and all(_flattens_to_view(t) for t in tensors):
@@ -76,20 +78,82 @@ class _MaskedMean(Metric):
         self.chunk_size = chunk_size
         self.add_state("total", default=torch.zeros((), dtype=_F64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros((), dtype=_F64), dist_reduce_fx="sum")
+        # `add` counts as an update (torchmetrics' bookkeeping: cached compute reset, update count), like `update`.
+        self.add: Callable[..., None] = self._wrap_update(self._add)
 
     def _rows_per_chunk(self, vocab: int) -> int:
         """Positions per chunk: the fixed ``chunk_size``, or as many as fit in CHUNK_ELEMENTS logits."""
         return self.chunk_size or max(1, CHUNK_ELEMENTS // max(vocab, 1))
 
-    def _accumulate(self, values: Tensor, count: int | None = None) -> None:
-        """Add ``values`` to Σ and ``count`` (default: all of them) to the count."""
+    def _add(self, values: Tensor, count: int | Tensor | None = None) -> None:
+        """``add(values, count)``: per-position ``values`` into Σ and ``count`` (default: all of them) into the count.
+        The chunked scorer (saeeval.scoring) feeds the states this way, with values it computed for several metrics
+        at once."""
         self.total += values.sum(dtype=_F64).to(self.total.device)
-        self.count += values.numel() if count is None else count
+        if count is None:
+            count = values.numel()
+        self.count += count.to(self.count.device) if isinstance(count, Tensor) else count
 
     def compute(self) -> Tensor:
         if self.count == 0:
             return torch.tensor(float("nan"), dtype=_F64, device=self.total.device)
         return self.total / self.count
+
+
+def next_token_targets(tokens: Tensor, mask: Tensor) -> Tensor:
+    """``[B, T]`` targets: ``tokens[b, t + 1]`` where ``mask[b, t] ∧ mask[b, t + 1]``, ``IGNORE`` elsewhere (and in
+    the last column): the positions NextTokenCrossEntropy scores."""
+    targets = torch.full_like(tokens, IGNORE, dtype=torch.long)
+    targets[:, :-1] = tokens[:, 1:]
+    scored = torch.zeros_like(mask)
+    scored[:, :-1] = mask[:, :-1] & mask[:, 1:]
+    targets[~scored] = IGNORE
+    return targets
+
+
+def nll_rows(log_probs: Tensor, targets: Tensor) -> Tensor:
+    """``−log_probs[r, targets[r]]`` per row ``[R]``; 0 where the target is IGNORE."""
+    picked = log_probs.gather(1, targets.clamp_min(0)[:, None])[:, 0]
+    return torch.where(targets == IGNORE, 0.0, -picked)
+
+
+class CleanRows:
+    """The clean next-token distribution on a chunk of positions, computed once and shared by every condition.
+
+    ``log_p`` and ``p`` are ``[R, V]`` (float32 or wider); ``neg_entropy`` (Σ p log p) and ``mass`` (Σ p, 1 up to
+    rounding) are computed on first use, for the pull-back form of KL in saeeval.scoring (finite logits only).
+    """
+
+    def __init__(self, logits: Tensor) -> None:
+        """``logits [R, V]``, any float dtype (computed in at least float32)."""
+        self.log_p = F.log_softmax(logits.to(_compute_dtype(logits)), dim=-1)
+        self.p = self.log_p.exp()
+        self._neg_entropy: Tensor | None = None
+        self._mass: Tensor | None = None
+
+    @property
+    def neg_entropy(self) -> Tensor:
+        if self._neg_entropy is None:
+            self._neg_entropy = torch.linalg.vecdot(self.p, self.log_p)
+        return self._neg_entropy
+
+    @property
+    def mass(self) -> Tensor:
+        if self._mass is None:
+            self._mass = self.p.sum(-1)
+        return self._mass
+
+
+def kl_rows(clean: CleanRows, log_q: Tensor) -> Tensor:
+    """KL(P_clean ‖ Q) per row ``[R]`` = Σ_v p(v)·(log p(v) − log q(v)); ``log_q`` is overwritten. Terms with
+    p(v) = 0 count 0 (where log p = −inf the product would be NaN)."""
+    terms = torch.sub(clean.log_p, log_q, out=log_q)
+    kl = torch.linalg.vecdot(clean.p, terms)
+    bad = ~kl.isfinite()
+    if bad.any():
+        p = clean.p[bad]
+        kl[bad] = torch.where(p == 0, 0.0, p * terms[bad]).sum(-1)
+    return kl
 
 
 class NextTokenCrossEntropy(_MaskedMean):
@@ -108,17 +172,13 @@ class NextTokenCrossEntropy(_MaskedMean):
             return
         logits = logits.detach()
         dtype = _compute_dtype(logits)
-        # Position t is scored against tokens[t + 1]; unscored positions get the ignored target (loss 0), so when
-        # the mask keeps everything the chunks run over whole rows as views (the last column, 1/T extra, is ignored).
-        targets = torch.full_like(tokens, _IGNORE, dtype=torch.long)
-        targets[:, :-1] = tokens[:, 1:]
-        scored = torch.zeros_like(mask)
-        scored[:, :-1] = mask[:, :-1] & mask[:, 1:]
-        targets[~scored] = _IGNORE
-        select = mask if mask.all() else scored
-        for rows, target in _row_chunks(select, self._rows_per_chunk(logits.shape[-1]), logits, targets[..., None]):
-            loss = F.cross_entropy(rows.to(dtype), target[:, 0], ignore_index=_IGNORE, reduction="none")
-            self._accumulate(loss, int((target != _IGNORE).sum()))
+        # Unscored positions get the ignored target (loss 0), so when the mask keeps everything the chunks run over
+        # whole rows as views (the last column, 1/T extra, is ignored).
+        targets = next_token_targets(tokens, mask)
+        select = mask if mask.all() else targets != IGNORE
+        for rows, target in row_chunks(select, self._rows_per_chunk(logits.shape[-1]), logits, targets[..., None]):
+            loss = F.cross_entropy(rows.to(dtype), target[:, 0], ignore_index=IGNORE, reduction="none")
+            self._add(loss, (target != IGNORE).sum())
 
 
 class KLDivergence(_MaskedMean):
@@ -136,12 +196,5 @@ class KLDivergence(_MaskedMean):
         _check_inputs(logits, clean_logits, mask, "clean_logits")
         clean_logits, logits = clean_logits.detach(), logits.detach()
         dtype = _compute_dtype(clean_logits, logits)
-        for clean_rows, rows in _row_chunks(mask, self._rows_per_chunk(logits.shape[-1]), clean_logits, logits):
-            log_p_clean = F.log_softmax(clean_rows.to(dtype), dim=-1)
-            terms = F.log_softmax(rows.to(dtype), dim=-1).neg_().add_(log_p_clean)  # log p_clean − log p
-            p_clean = log_p_clean.exp_()  # in place: one [chunk, V] buffer fewer
-            kl = terms.mul_(p_clean).sum(-1)
-            bad = ~kl.isfinite()
-            if bad.any():  # only where p_clean = 0 somewhere (0 · −inf = NaN): those terms are 0 by definition
-                kl[bad] = torch.where(p_clean[bad] == 0, 0.0, terms[bad]).sum(-1)
-            self._accumulate(kl)
+        for clean_rows, rows in row_chunks(mask, self._rows_per_chunk(logits.shape[-1]), clean_logits, logits):
+            self._add(kl_rows(CleanRows(clean_rows.to(dtype)), F.log_softmax(rows.to(dtype), dim=-1)))

@@ -1,0 +1,131 @@
+"""CE, KL and answer logits of every condition, a chunk of positions at a time: logits are never held whole.
+
+Why: at a 256k vocabulary one condition's `[B, T, V]` logits are GBs, and the clean logits used to stay alive
+beside every condition's. The engine hands over final residual streams (`[B, T, d]`, after ln_final) instead;
+per chunk of positions the clean log-probabilities are computed once, then each condition's chunk is unembedded
+(saeeval.unembed), scored into its CE and KL states and dropped. Peak memory follows the chunk.
+
+KL takes a pull-back form when it is exact (no soft-cap, float32/64 weights): with u = p_clean·W_Uᵀ and c = p_clean·b_U
+(once per chunk), Σ_v p(v)·logit(v) = resid·u + c, so KL(P‖Q) = Σ p log p − (resid·u + c) + Σp · logsumexp(logits)
+and a condition costs its matmul and one log-sum-exp; otherwise (Gemma's soft-cap, half precision) it is the
+direct Σ p·(log p − log q) on the log-softmax.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from saeeval.metrics.lm_loss import (
+    CHUNK_ELEMENTS,
+    IGNORE,
+    CleanRows,
+    KLDivergence,
+    NextTokenCrossEntropy,
+    kl_rows,
+    next_token_targets,
+    nll_rows,
+    row_chunks,
+)
+from saeeval.unembed import Unembed
+
+_F64 = torch.float64
+GPU_CHUNK_SHARE = 0.25
+"""Share of free GPU memory the logits of one chunk may take (about 4 [R, V] float32 buffers live at once)."""
+
+
+def rows_per_chunk(d_vocab: int, device: torch.device | str) -> int:
+    """Positions per chunk: CHUNK_ELEMENTS logits on CPU (16 at V = 256k, ~48 MiB live); on CUDA as many as fit
+    in GPU_CHUNK_SHARE of the free memory, at least 16 (a wide chunk keeps the W_U matmul compute-bound)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return max(16, int(free * GPU_CHUNK_SHARE) // (4 * 4 * d_vocab))
+    return max(1, CHUNK_ELEMENTS // max(d_vocab, 1))
+
+
+def _pullback_exact(unembed: Unembed) -> bool:
+    return unembed.soft_cap is None and unembed.weight.dtype in (torch.float32, torch.float64)
+
+
+def _logsumexp_(logits: Tensor) -> Tensor:
+    """Row-wise log Σ exp, overwriting `logits` (one buffer, no temporaries of its size)."""
+    top = logits.amax(-1, keepdim=True)
+    return logits.sub_(top).exp_().sum(-1).log_().add_(top[:, 0])
+
+
+@torch.no_grad()
+def score_lm(
+    unembed: Unembed,
+    clean: Tensor,
+    finals: Sequence[Tensor],
+    tokens: Tensor,
+    mask: Tensor,
+    clean_ce: NextTokenCrossEntropy | None,
+    ces: Sequence[NextTokenCrossEntropy],
+    kls: Sequence[KLDivergence],
+    chunk: int | None = None,
+) -> None:
+    """Update `clean_ce` (if given) and each condition's `ces[i]`/`kls[i]` from final residuals `[B, T, d]`.
+
+    Same definitions as NextTokenCrossEntropy.update / KLDivergence.update on whole logits: CE over positions whose
+    input and target are unmasked, KL over unmasked positions.
+    """
+    if not (len(finals) == len(ces) == len(kls)):
+        raise ValueError(f"got {len(finals)} final residuals for {len(ces)} CE and {len(kls)} KL metrics")
+    if clean_ce is None and not finals:
+        return
+    mask = mask.to(clean.device)
+    targets = next_token_targets(tokens.to(clean.device), mask)
+    rows = chunk or rows_per_chunk(unembed.d_vocab, unembed.weight.device)
+    for h_clean, target, *hs in row_chunks(mask, rows, clean, targets[..., None], *finals):
+        _score_chunk(unembed, h_clean, target[:, 0], hs, clean_ce, ces, kls)
+
+
+def _score_chunk(
+    unembed: Unembed,
+    h_clean: Tensor,
+    target: Tensor,
+    hs: Sequence[Tensor],
+    clean_ce: NextTokenCrossEntropy | None,
+    ces: Sequence[NextTokenCrossEntropy],
+    kls: Sequence[KLDivergence],
+) -> None:
+    """One chunk of rows (a function, so its [R, V] buffers are freed before the next chunk's are made)."""
+    target = target.to(unembed.weight.device)
+    valid = target != IGNORE
+    n_valid = valid.sum()
+    ref = CleanRows(unembed(h_clean))
+    if clean_ce is not None:
+        clean_ce.add(nll_rows(ref.log_p, target), n_valid)
+    if not hs:
+        return
+    pullback = _pullback_exact(unembed)
+    if pullback:
+        u, c = unembed.pullback(ref.p)
+        base = ref.neg_entropy.to(_F64) - c.to(_F64)
+        mass = ref.mass.to(_F64)
+    for h, ce, kl in zip(hs, ces, kls):
+        logits = unembed(h)
+        if pullback:
+            picked = logits.gather(1, target.clamp_min(0)[:, None])[:, 0]
+            lse = _logsumexp_(logits)
+            del logits
+            ce.add(torch.where(valid, lse - picked, 0.0), n_valid)
+            dot = torch.linalg.vecdot(h.to(u.device, u.dtype), u).to(_F64)
+            kl.add(base - dot + mass * lse.to(_F64))
+        else:
+            log_q = F.log_softmax(logits.to(ref.log_p.dtype), dim=-1)
+            del logits
+            ce.add(nll_rows(log_q, target), n_valid)
+            kl.add(kl_rows(ref, log_q))
+
+
+def answer_logit_diff(unembed: Unembed, final: Tensor, correct: Tensor, incorrect: Tensor) -> Tensor:
+    """logit(correct) − logit(incorrect) at the last column of left-padded rows, float32 `[B]`, from the final
+    residual `[B, T, d]` without the full logits (two columns of W_U per row)."""
+    last = final[:, -1]
+    return unembed.columns(last, correct).float() - unembed.columns(last, incorrect).float()

@@ -1,0 +1,235 @@
+"""Chunked logits (saeeval.unembed, saeeval.scoring) against whole-logit references from the model's own forward."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import make_sae
+from sae_lens import HookedSAETransformer
+from transformer_lens import HookedTransformerConfig
+
+from saeeval import module as module_mod
+from saeeval.masks import TokenMask
+from saeeval.metrics.lm_loss import KLDivergence, NextTokenCrossEntropy
+from saeeval.module import SAEEvalModule
+from saeeval.profiling import peak_tensor_bytes
+from saeeval.scoring import answer_logit_diff, rows_per_chunk, score_lm
+from saeeval.splicing import Splicer, build_conditions, conditions_per_forward, hooks_of
+from saeeval.unembed import Unembed
+
+torch.set_num_threads(1)
+D, V = 32, 211
+HOOKS = ("blocks.0.hook_resid_post", "blocks.1.attn.hook_z", "blocks.0.hook_mlp_out")
+
+
+def make_model(soft_cap: float = -1.0, d_vocab: int = V, d_model: int = D) -> HookedSAETransformer:
+    cfg = HookedTransformerConfig(
+        n_layers=2, d_model=d_model, n_heads=4, d_head=d_model // 4, d_mlp=4 * d_model, d_vocab=d_vocab, n_ctx=32,
+        act_fn="gelu", normalization_type="LN", output_logits_soft_cap=soft_cap, seed=0,
+    )
+    model = HookedSAETransformer(cfg).eval()
+    with torch.no_grad():  # logits large enough that a soft-cap of 3 really bends them
+        model.unembed.W_U.mul_(4.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def saes():
+    return {h: make_sae(h, D, seed=i) for i, h in enumerate(HOOKS)}
+
+
+def make_batch(n: int = 3, t: int = 10, seed: int = 0, vocab: int = V) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(1, vocab, (n, t), generator=gen)
+    am = torch.ones(n, t, dtype=torch.long)
+    am[1, :3] = 0  # left padding
+    tokens[am == 0] = 0
+    mask = am.bool().clone()
+    mask[0, 4] = False  # a masked token mid-sequence: CE drops both positions around it, KL one
+    return tokens, am, mask
+
+
+def whole_logits(model, splicer, cond, tokens, am, mask) -> torch.Tensor:
+    """The condition's logits from the model's own full forward (TransformerLens unembed and soft-cap)."""
+
+    def make(name):
+        def hook(x, hook):
+            m = mask.reshape(*mask.shape, *([1] * (x.ndim - 2)))
+            if cond.ablation == "zero":
+                new = torch.zeros_like(x)
+            else:
+                sae = splicer.saes[name]
+                new = sae.decode(sae.encode(x))
+            return torch.where(m, new, x)
+
+        return hook
+
+    hooks = [(h, make(n)) for h, n in zip(cond.hooks, cond.saes or cond.hooks)]
+    with torch.no_grad():
+        return model.run_with_hooks(tokens, attention_mask=am, fwd_hooks=hooks)
+
+
+@pytest.mark.parametrize("soft_cap", [-1.0, 3.0])
+def test_unembed_rows_and_columns_equal_the_models_own_logits(soft_cap):
+    model = make_model(soft_cap)
+    tokens, am, _ = make_batch()
+    splicer = Splicer(model, {})
+    clean = splicer.clean(tokens, am, [])
+    with torch.no_grad():
+        want = model(tokens, attention_mask=am)
+    torch.testing.assert_close(Unembed(model)(clean.final), want, rtol=1e-6, atol=1e-5)
+    ids = torch.tensor([5, 17, 200])
+    cols = Unembed(model).columns(clean.final[:, -1], ids)
+    torch.testing.assert_close(cols, want[torch.arange(3), -1, ids], rtol=1e-6, atol=1e-5)
+    if soft_cap > 0:
+        assert want.abs().max() > 0.9 * soft_cap  # the cap is really in play
+
+
+def test_unembed_allocates_only_the_chunks_logits_never_a_copy_of_w_u():
+    model = make_model(soft_cap=30.0, d_vocab=50_000, d_model=16)
+    rows = torch.randn(4, 16)
+    peak = peak_tensor_bytes(lambda: Unembed(model)(rows))
+    w_u = model.unembed.W_U.numel() * 4
+    assert peak is not None and peak <= 4 * 50_000 * 4 * 1.1 < w_u / 3
+
+
+@pytest.mark.parametrize("soft_cap", [-1.0, 3.0])
+@pytest.mark.parametrize("chunk", [1, 7, None])
+@pytest.mark.parametrize("full_mask", [True, False])
+def test_chunked_scores_equal_whole_logit_metrics(saes, soft_cap, chunk, full_mask):
+    """CE and KL from final residuals (pull-back KL without a cap, direct KL with one) equal the metrics' own
+    update() on whole logits of independent full forwards, to 1e-6."""
+    model = make_model(soft_cap)
+    tokens, am, mask = make_batch()
+    if full_mask:
+        mask = torch.ones_like(mask)
+    splicer = Splicer(model, saes)
+    conds = build_conditions(saes)
+    clean = splicer.clean(tokens, am, hooks_of(conds))
+    outs = splicer.run_many(conds, clean, mask)
+    clean_ce, ces, kls = NextTokenCrossEntropy(), [NextTokenCrossEntropy() for _ in conds], [KLDivergence() for _ in conds]
+    score_lm(splicer.unembed, clean.final, [o.final for o in outs], tokens, mask, clean_ce, ces, kls, chunk=chunk)
+
+    with torch.no_grad():
+        clean_logits = model(tokens, attention_mask=am)
+    ref_ce = NextTokenCrossEntropy()
+    ref_ce.update(clean_logits, tokens, mask)
+    assert float(clean_ce.compute()) == pytest.approx(float(ref_ce.compute()), rel=1e-6)
+    assert float(clean_ce.count) == float(ref_ce.count)
+    for cond, ce, kl in zip(conds, ces, kls):
+        logits = whole_logits(model, splicer, cond, tokens, am, mask)
+        want_ce, want_kl = NextTokenCrossEntropy(), KLDivergence()
+        want_ce.update(logits, tokens, mask)
+        want_kl.update(clean_logits, logits, mask)
+        assert float(ce.compute()) == pytest.approx(float(want_ce.compute()), rel=1e-6), cond.name
+        assert float(kl.compute()) == pytest.approx(float(want_kl.compute()), rel=1e-6), cond.name
+        assert float(kl.compute()) > 1e-3 and float(kl.count) == int(mask.sum())
+
+
+def test_answer_logit_diff_is_the_difference_of_the_last_columns_logits():
+    model = make_model(3.0)
+    tokens, am, _ = make_batch()
+    clean = Splicer(model, {}).clean(tokens, am, [])
+    correct, incorrect = torch.tensor([1, 2, 3]), torch.tensor([9, 8, 7])
+    with torch.no_grad():
+        last = model(tokens, attention_mask=am)[:, -1]
+    want = last[torch.arange(3), correct] - last[torch.arange(3), incorrect]
+    torch.testing.assert_close(answer_logit_diff(Unembed(model), clean.final, correct, incorrect), want,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_peak_memory_follows_the_chunk_not_the_vocabulary_or_the_number_of_conditions():
+    """At V = 40k, one condition's whole logits are 7.7 MB; scoring 1 or 6 conditions in chunks of 4 positions
+    allocates a small, equal amount (the chunk's few [4, V] buffers), and less than one condition's logits."""
+    vocab = 40_000
+    model = make_model(d_vocab=vocab, d_model=16)
+    tokens, am, mask = make_batch(n=4, t=12, vocab=vocab)
+    clean = Splicer(model, {}).clean(tokens, am, [])
+    unembed = Unembed(model)
+
+    def peak(n_cond: int) -> int:
+        finals = [clean.final + 0.01 * i for i in range(1, n_cond + 1)]
+        args = ([NextTokenCrossEntropy() for _ in finals], [KLDivergence() for _ in finals])
+        got = peak_tensor_bytes(lambda: score_lm(unembed, clean.final, finals, tokens, mask, None, *args, chunk=4))
+        assert got is not None
+        return got
+
+    whole = tokens.numel() * vocab * 4
+    one, six = peak(1), peak(6)
+    assert six <= one * 1.1 + 64 * 1024
+    assert six < whole / 3
+
+
+def _module(model, saes, **kwargs) -> SAEEvalModule:
+    conds = build_conditions(saes)
+    return SAEEvalModule(model, saes, conds, TokenMask(), [0], has_answers=True, num_groups=1, **kwargs)
+
+
+def _run(module: SAEEvalModule, batches) -> dict[str, list[float]]:
+    for i, (tokens, am, _) in enumerate(batches):
+        n = tokens.shape[0]
+        module.test_step({"tokens": tokens, "attention_mask": am, "correct": torch.arange(1, n + 1),
+                          "incorrect": torch.arange(20, 20 + n), "group": torch.zeros(n, dtype=torch.long),
+                          "example_id": torch.arange(n) + 10 * i}, i)
+    return {
+        "ce": [float(m.ce.compute()) for m in module.metrics],
+        "kl": [float(m.kl.compute()) for m in module.metrics[1:]],
+        "ld": [float(m.ld.compute()["logit_diff"]) for m in module.metrics],
+    }
+
+
+def test_test_step_scores_equal_whole_logit_references_in_groups_and_batched_forwards(saes, monkeypatch):
+    """SAEEvalModule.test_step (chunked, all conditions in one group) against metrics fed whole logits of full
+    forwards; holding one final residual per group, or batching 3 conditions per forward, changes nothing."""
+    model = make_model()
+    batches = [make_batch(seed=1), make_batch(seed=2)]
+    got = _run(_module(model, saes), batches)
+
+    conds = build_conditions(saes)
+    splicer = Splicer(model, saes)
+    want_ce = [NextTokenCrossEntropy() for _ in range(len(conds) + 1)]
+    want_kl = [KLDivergence() for _ in conds]
+    want_ld: list[list[float]] = [[] for _ in range(len(conds) + 1)]
+    for tokens, am, _ in batches:
+        mask = TokenMask()(tokens, am, None, [0])
+        n = tokens.shape[0]
+        with torch.no_grad():
+            clean = model(tokens, attention_mask=am)
+        for i, logits in enumerate([clean] + [whole_logits(model, splicer, c, tokens, am, mask) for c in conds]):
+            want_ce[i].update(logits, tokens, mask)
+            if i:
+                want_kl[i - 1].update(clean, logits, mask)
+            want_ld[i] += (logits[torch.arange(n), -1, torch.arange(1, n + 1)]
+                           - logits[torch.arange(n), -1, torch.arange(20, 20 + n)]).tolist()
+    assert got["ce"] == pytest.approx([float(m.compute()) for m in want_ce], rel=1e-6)
+    assert got["kl"] == pytest.approx([float(m.compute()) for m in want_kl], rel=1e-6)
+    assert got["ld"] == pytest.approx([sum(v) / len(v) for v in want_ld], rel=1e-5, abs=1e-5)
+
+    monkeypatch.setattr(module_mod, "FINALS_BUDGET", 1)
+    grouped = _run(_module(model, saes), batches)
+    monkeypatch.undo()
+    batched = _run(_module(model, saes, condition_batch=3), batches)
+    for other in (grouped, batched):
+        for key in got:
+            assert other[key] == pytest.approx(got[key], rel=1e-6), key
+
+
+def test_one_condition_per_forward_on_cpu_and_by_free_memory_on_cuda(monkeypatch):
+    model = make_model()
+    assert conditions_per_forward(model, (8, 128)) == 1
+    assert rows_per_chunk(256_000, "cpu") == 16
+    gib = 1 << 30
+    fake = SimpleNamespace(cfg=SimpleNamespace(device="cuda", d_model=768, n_heads=12, d_mlp=3072,
+                                               dtype=torch.float32))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free[0], 80 * gib))
+    # one condition at B=8, T=128: 8·128·(8·768 + 3·12·128 + 3·3072)·4 bytes ≈ 65 MiB
+    free = [100 * gib]
+    assert conditions_per_forward(fake, (8, 128)) == 8  # plenty: the cap
+    free = [400 * (1 << 20)]
+    assert conditions_per_forward(fake, (8, 128)) == 1  # 100 MiB share: one
+    free = [1 * gib]
+    assert conditions_per_forward(fake, (8, 128)) == 3  # 256 MiB share: three
+    assert rows_per_chunk(256_000, "cuda") == gib // 4 // (16 * 256_000)
