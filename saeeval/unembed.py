@@ -56,12 +56,11 @@ class Unembed:
         ids = ids.to(w.device)
         return self._cap_(torch.linalg.vecdot(rows, w[:, ids].T) + self.bias[ids])
 
-    def pullback(self, probs: Tensor) -> tuple[Tensor, Tensor]:
-        """`(probs @ W_Uᵀ [R, d], probs @ b_U [R])`: with them Σ_v p(v)·logit(v) = resid·u + c for any resid,
-        which is exact only without a soft-cap (the caller checks `soft_cap`)."""
-        w, b = self.weight, self.bias
-        p = probs.to(w.dtype)
-        return p @ w.T, p @ b
+    def pullback(self, probs: Tensor) -> Tensor:
+        """`probs @ W_Uᵀ` `[R, d]`: with it Σ_v p(v)·(logit_a(v) − logit_b(v)) = (resid_a − resid_b)·u for any two
+        residuals (b_U cancels), which is exact only without a soft-cap (the caller checks `soft_cap`)."""
+        w = self.weight
+        return probs.to(w.dtype) @ w.T
 
     def _cap_(self, logits: Tensor) -> Tensor:
         cap = self.soft_cap

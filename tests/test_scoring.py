@@ -219,7 +219,7 @@ def test_test_step_scores_equal_whole_logit_references_in_groups_and_batched_for
 def test_one_condition_per_forward_on_cpu_and_by_free_memory_on_cuda(monkeypatch):
     model = make_model()
     assert conditions_per_forward(model, (8, 128)) == 1
-    assert rows_per_chunk(256_000, "cpu") == 16
+    assert rows_per_chunk(256_000, "cpu") == 65  # 16M logits
     gib = 1 << 30
     fake = SimpleNamespace(cfg=SimpleNamespace(device="cuda", d_model=768, n_heads=12, d_mlp=3072,
                                                dtype=torch.float32))

@@ -120,28 +120,20 @@ def nll_rows(log_probs: Tensor, targets: Tensor) -> Tensor:
 class CleanRows:
     """The clean next-token distribution on a chunk of positions, computed once and shared by every condition.
 
-    ``log_p`` and ``p`` are ``[R, V]`` (float32 or wider); ``neg_entropy`` (Σ p log p) and ``mass`` (Σ p, 1 up to
-    rounding) are computed on first use, for the pull-back form of KL in saeeval.scoring (finite logits only).
+    ``log_p`` and ``p`` are ``[R, V]`` (float32 or wider); ``lse`` is log Σ exp(logits) per row in float64 (the
+    pull-back KL in saeeval.scoring subtracts two of them, so they must not be rounded to float32).
     """
 
-    def __init__(self, logits: Tensor) -> None:
-        """``logits [R, V]``, any float dtype (computed in at least float32)."""
-        self.log_p = F.log_softmax(logits.to(_compute_dtype(logits)), dim=-1)
-        self.p = self.log_p.exp()
-        self._neg_entropy: Tensor | None = None
-        self._mass: Tensor | None = None
-
-    @property
-    def neg_entropy(self) -> Tensor:
-        if self._neg_entropy is None:
-            self._neg_entropy = torch.linalg.vecdot(self.p, self.log_p)
-        return self._neg_entropy
-
-    @property
-    def mass(self) -> Tensor:
-        if self._mass is None:
-            self._mass = self.p.sum(-1)
-        return self._mass
+    def __init__(self, logits: Tensor, consume: bool = False) -> None:
+        """``logits [R, V]``, any float dtype (computed in at least float32); overwritten with the log-probs when
+        ``consume`` (the caller's own buffer), else copied."""
+        x = logits.to(_compute_dtype(logits), copy=not consume)
+        top = x.amax(-1, keepdim=True)
+        self.p = torch.sub(x, top).exp_()
+        total = self.p.sum(-1, keepdim=True)
+        self.p.div_(total)
+        self.lse = total[:, 0].to(_F64).log_().add_(top[:, 0].to(_F64))
+        self.log_p = x.sub_(self.lse[:, None].to(x.dtype))
 
 
 def kl_rows(clean: CleanRows, log_q: Tensor) -> Tensor:
