@@ -62,11 +62,13 @@ SHAPES = {"dev": FULL, "gpt2-small": GPT2_SMALL, "gemma-2-2b-narrow": GEMMA_NARR
 def make_model(s: Setup) -> HookedSAETransformer:
     """Random weights (seed 0) in float32 on CPU."""
     if s.kind == "gemma-2-2b":
-        cfg = tl_loading.get_pretrained_model_config("google/gemma-2-2b", first_n_layers=s.n_layers,
-                                                     device="cpu", dtype=torch.float32)
-        cfg.n_ctx = max(s.seq, 16)  # the causal-mask buffers are n_ctx² per layer: 8192² would be 64 MiB each
-        cfg.seed = 0
-        return HookedSAETransformer(cfg).eval()
+        # TransformerLens's Gemma-2-2b architecture, from its name-based table (no download); n_ctx cut because the
+        # causal-mask buffers are n_ctx² per layer (8192² would be 64 MiB each).
+        gemma = tl_loading.convert_hf_model_config("google/gemma-2-2b")
+        gemma.pop("tokenizer_name", None)
+        gemma.update(n_layers=s.n_layers, attn_types=gemma["attn_types"][: s.n_layers], n_ctx=max(s.seq, 16),
+                     device="cpu", dtype=torch.float32, seed=0)
+        return HookedSAETransformer(HookedTransformerConfig(**gemma)).eval()
     cfg = HookedTransformerConfig(
         n_layers=s.n_layers, d_model=s.d_model, n_heads=s.n_heads, d_head=s.d_model // s.n_heads,
         d_mlp=4 * s.d_model, d_vocab=s.d_vocab, n_ctx=max(s.seq, 16), act_fn="gelu_new", normalization_type="LN",
