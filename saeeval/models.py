@@ -1,7 +1,9 @@
 """Load the model under evaluation as a HookedSAETransformer, from three places, never silently online.
 
-Resolution order for `name`: a bundled zoo model, a local folder (zoo format or a Hugging Face model), a
-TransformerLens pretrained name. Every failure is a one-line `SaeevalError` that says what to do instead.
+Resolution order for `name` (`source="auto"`): a bundled zoo model, a TransformerLens pretrained name, a local
+folder (zoo format or a Hugging Face model); `source` forces one of them. A hub name is never shadowed by a
+folder of the same name in the working directory (`saeeval.hub`). Every failure is a one-line `SaeevalError`
+that says what to do instead. The processing flags applied are recorded for `saeeval.processing`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from transformer_lens import HookedTransformerConfig
 from transformer_lens import loading_from_pretrained as tl_loading
 
 from saeeval.errors import SaeevalError
+from saeeval.hub import cache_dir, hub_access
+from saeeval.processing import PROCESSING_KEYS, record_processing
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -26,9 +30,7 @@ DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
-# TransformerLens weight processing: all off by default so the model computes exactly what the checkpoint does.
-_PROCESSING_KEYS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases",
-                    "refactor_factored_attn_matrices")
+SOURCES = ("auto", "zoo", "transformer_lens", "folder")
 _CONFIG_KEYS = ("default_prepend_bos", "n_ctx", "first_n_layers")
 
 
@@ -48,35 +50,52 @@ def available_zoo_models(zoo_root: str | Path | None = None) -> list[str]:
 def load_model(
     name: str = "tiny",
     *,
+    source: str = "auto",
     device: str = "cpu",
     dtype: str = "float32",
     from_pretrained_kwargs: dict[str, Any] | None = None,
     zoo_root: str | Path | None = None,
 ) -> HookedSAETransformer:
-    """Load `name` (zoo name | local zoo-format or Hugging Face folder | TransformerLens name) in eval mode.
+    """Load `name` (zoo name | TransformerLens name | local zoo-format or Hugging Face folder) in eval mode.
 
     No weight processing (layer-norm folding, centering) is applied unless `from_pretrained_kwargs` asks for
-    it, so logits equal the original checkpoint's; SAEs trained on processed weights need the same flags.
+    it, so logits equal the original checkpoint's; SAEs trained on processed weights need the same flags
+    (`saeeval.processing.check_processing` enforces it).
     """
+    if source not in SOURCES:
+        raise SaeevalError(f"unknown model source '{source}': use one of {', '.join(SOURCES)}")
     torch_dtype = _torch_dtype(dtype)
     if device == "auto":  # the CLI resolves auto to the trainer's device first; called directly: the best one here
         device = "cuda" if torch.cuda.is_available() else "cpu"
     kwargs = dict(from_pretrained_kwargs or {})
+    processing = {k: bool(kwargs.get(k, False)) for k in PROCESSING_KEYS}
     zoo = Path(zoo_root) if zoo_root is not None else default_zoo_root()
-    if name in available_zoo_models(zoo):
+    if source in ("auto", "zoo") and name in available_zoo_models(zoo):
         model = _load_zoo_folder(zoo / name / "model", name, device, torch_dtype, kwargs)
-    elif Path(name).exists():
-        model = _load_local_folder(Path(name), device, torch_dtype, kwargs)
-    elif _is_transformer_lens_name(name):
+    elif source in ("auto", "transformer_lens") and _is_transformer_lens_name(name):
         model = _load_transformer_lens(name, device, dtype, kwargs)
+    elif source in ("auto", "folder") and Path(name).expanduser().exists():
+        model = _load_local_folder(Path(name).expanduser(), device, torch_dtype, kwargs)
     else:
-        zoo_names = ", ".join(available_zoo_models(zoo)) or "tiny"
-        raise SaeevalError(
-            f"unknown model '{name}': use a zoo name ({zoo_names}), a TransformerLens model name "
-            "(e.g. gpt2-small) or a local Hugging Face folder"
-        )
+        raise _unknown_model(name, source, zoo)
+    record_processing(model, processing)
     model.eval()
     return model
+
+
+def _unknown_model(name: str, source: str, zoo: Path) -> SaeevalError:
+    if source == "folder":
+        return SaeevalError(f"model folder '{name}' does not exist: point model.name at a Hugging Face model folder "
+                            "(saved with save_pretrained) or a zoo-format model folder")
+    if source == "transformer_lens":
+        return SaeevalError(f"'{name}' is not a TransformerLens model name: use an official name or alias "
+                            "(e.g. gpt2-small, gemma-2-2b), or model=hf_folder for a local folder")
+    zoo_names = ", ".join(available_zoo_models(zoo)) or "tiny"
+    where = "zoo" if source == "zoo" else "zoo name, TransformerLens name or folder"
+    return SaeevalError(
+        f"unknown model '{name}' (not a {where}): use a zoo name ({zoo_names}), a TransformerLens model name "
+        "(e.g. gpt2-small) or a local Hugging Face folder"
+    )
 
 
 def _torch_dtype(dtype: str) -> torch.dtype:
@@ -144,11 +163,12 @@ def _load_hf_folder(folder: Path, device: str, dtype: torch.dtype, kwargs: dict[
     """Convert a local Hugging Face causal LM with TransformerLens's converters, without touching the network.
 
     `HookedTransformer.from_pretrained` insists on an official model name; the lower-level loaders accept a
-    path plus the already loaded `hf_model`, so nothing is fetched.
+    path plus the already loaded `hf_model`, so nothing is fetched. Architectures whose TransformerLens config
+    exists only under official names (Gemma-2) get that template with the folder's own shape.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    processing = {k: kwargs.pop(k, False) for k in _PROCESSING_KEYS}
+    processing = {k: kwargs.pop(k, False) for k in PROCESSING_KEYS}
     config_kwargs = {k: kwargs.pop(k) for k in _CONFIG_KEYS if k in kwargs}
     path = str(folder.resolve())
     try:
@@ -156,10 +176,14 @@ def _load_hf_folder(folder: Path, device: str, dtype: torch.dtype, kwargs: dict[
         tokenizer = AutoTokenizer.from_pretrained(path)
         with tempfile.TemporaryDirectory(prefix="saeeval-hf-config-") as tmp:
             config_dir = _config_only_folder(hf_model.config, Path(tmp))
-            cfg = tl_loading.get_pretrained_model_config(
-                config_dir, hf_cfg=hf_model.config.to_dict(), fold_ln=processing["fold_ln"], device=device,
-                dtype=dtype, **config_kwargs,
-            )
+            hf_cfg = hf_model.config.to_dict()
+            if _architecture(hf_cfg) in NAME_ONLY_ARCHITECTURES:
+                cfg = _name_only_config(hf_cfg, device, dtype, **config_kwargs)
+            else:
+                cfg = tl_loading.get_pretrained_model_config(
+                    config_dir, hf_cfg=hf_cfg, fold_ln=processing["fold_ln"], device=device, dtype=dtype,
+                    **config_kwargs,
+                )
             state_dict = tl_loading.get_pretrained_state_dict(config_dir, cfg, hf_model=hf_model, dtype=dtype)
     except (OSError, ValueError, KeyError, AttributeError, NotImplementedError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -172,6 +196,42 @@ def _load_hf_folder(folder: Path, device: str, dtype: torch.dtype, kwargs: dict[
     model.load_and_process_state_dict(state_dict, **processing)
     model.move_model_modules_to_device()
     return model
+
+
+# Architectures TransformerLens 3.9 configures from official names only (never from a config file), with the
+# official model whose settings (normalisation, soft caps, local/global attention) the architecture shares.
+NAME_ONLY_ARCHITECTURES = {"Gemma2ForCausalLM": "google/gemma-2-2b"}
+_LAYER_TYPES = {"sliding_attention": "local", "full_attention": "global"}
+
+
+def _architecture(hf_cfg: dict[str, Any]) -> str:
+    return (hf_cfg.get("architectures") or [""])[0]
+
+
+def _name_only_config(
+    hf: dict[str, Any], device: str, dtype: torch.dtype, *, n_ctx: int | None = None,
+    default_prepend_bos: bool | None = None, first_n_layers: int | None = None,
+) -> HookedTransformerConfig:
+    """The official template of the folder's architecture, with every shape and setting its config.json gives."""
+    cfg = tl_loading.convert_hf_model_config(NAME_ONLY_ARCHITECTURES[_architecture(hf)])
+    rope = hf.get("rope_parameters") or {}
+    layer_types = hf.get("layer_types") or [
+        "sliding_attention" if i % 2 == 0 else "full_attention" for i in range(hf["num_hidden_layers"])
+    ]
+    cfg.update(
+        d_model=hf["hidden_size"], d_head=hf["head_dim"], n_heads=hf["num_attention_heads"],
+        n_key_value_heads=hf["num_key_value_heads"], d_mlp=hf["intermediate_size"],
+        n_layers=first_n_layers or hf["num_hidden_layers"], n_ctx=n_ctx or hf["max_position_embeddings"],
+        eps=hf["rms_norm_eps"], d_vocab=hf["vocab_size"], act_fn=hf["hidden_activation"],
+        rotary_base=float(hf.get("rope_theta", rope.get("rope_theta", cfg["rotary_base"]))),
+        window_size=hf["sliding_window"], attn_types=[_LAYER_TYPES[t] for t in layer_types],
+        attn_scores_soft_cap=hf["attn_logit_softcapping"], output_logits_soft_cap=hf["final_logit_softcapping"],
+        attn_scale=float(hf["query_pre_attn_scalar"]) ** 0.5,
+        init_weights=False, device=device, dtype=dtype, n_devices=1, from_checkpoint=False,
+        default_prepend_bos=True if default_prepend_bos is None else default_prepend_bos,
+    )
+    cfg.pop("tokenizer_name", None)
+    return HookedTransformerConfig.from_dict(cfg)
 
 
 def _config_only_folder(hf_config: Any, tmp: Path) -> str:
@@ -191,10 +251,19 @@ def _config_only_folder(hf_config: Any, tmp: Path) -> str:
 
 
 def _load_transformer_lens(name: str, device: str, dtype: str, kwargs: dict[str, Any]) -> HookedSAETransformer:
-    try:
-        return HookedSAETransformer.from_pretrained_no_processing(name, device=device, dtype=dtype, **kwargs)
-    except OSError as err:
-        raise SaeevalError(
-            f"weights for TransformerLens model '{name}' are not available offline (no network and not in the "
-            "Hugging Face cache): download them once with network access, or use a local Hugging Face folder"
-        ) from err
+    """`from_pretrained_no_processing` from the Hugging Face cache or hub, failing in one line when neither has it."""
+    repo = tl_loading.get_official_model_name(name)
+    with hub_access() as offline:
+        try:
+            return HookedSAETransformer.from_pretrained_no_processing(name, device=device, dtype=dtype, **kwargs)
+        except OSError as err:
+            if offline is None:
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                raise SaeevalError(
+                    f"could not download TransformerLens model '{name}' (hub repo {repo}): {first}"
+                ) from err
+            raise SaeevalError(
+                f"weights for TransformerLens model '{name}' (hub repo {repo}) are not available offline ({offline}, "
+                f"and they are not in the Hugging Face cache {cache_dir()}): download them once with network access, "
+                "or use a local Hugging Face folder (model=hf_folder)"
+            ) from err

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import difflib
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from sae_lens import SAE, HookedSAETransformer
-from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+from sae_lens.loading.pretrained_saes_directory import get_config_overrides, get_pretrained_saes_directory
 from sae_lens.util import dtype_to_str
 
 from saeeval.errors import SaeevalError
+from saeeval.hub import cache_dir, hub_access
 from saeeval.models import available_zoo_models, default_zoo_root
+from saeeval.processing import check_processing as check_model_processing
 
 SOURCES = ("zoo", "release", "folder")
 
@@ -39,21 +42,27 @@ def load_saes(
     id_template: str | None = None,
     paths: list[str] | None = None,
     zoo_root: str | Path | None = None,
+    check_processing: bool = True,
 ) -> dict[str, SAE]:
     """Load SAEs onto the model's device and dtype, validated against it, keyed by a unique name.
 
     Keys: zoo → hook name; release → sae_id; folder → folder name (a clash gets a `__2`, `__3` suffix),
-    so two SAEs on the same hook can be compared.
+    so two SAEs on the same hook can be compared. `check_processing`: require the model's weight processing to
+    be the one the SAEs record (`model_from_pretrained_kwargs`); off = evaluate the model as loaded.
     """
     device, dtype = _model_device(model), model.cfg.dtype
     if source == "zoo":
         saes = _load_zoo(model, name, hooks, zoo_root, device, dtype)
     elif source == "release":
-        saes = _load_release(release, _expand_ids(sae_ids, layers, id_template), device, dtype)
+        ids = _expand_ids(sae_ids, layers, id_template)
+        saes = _load_release(release, ids, device, dtype, model if check_processing else None)
     elif source == "folder":
         saes = _load_folders(paths, device, dtype)
     else:
         raise SaeevalError(f"unknown SAE source '{source}': use one of {', '.join(SOURCES)}")
+    if check_processing:
+        for key, sae in saes.items():
+            check_model_processing(sae.cfg.metadata.model_from_pretrained_kwargs, model, key)
     validate_saes(saes, model)
     return saes
 
@@ -214,17 +223,29 @@ def _check_release(release: str | None, sae_ids: list[str]) -> None:
 
 
 def _load_release(
-    release: str | None, sae_ids: list[str], device: torch.device, dtype: torch.dtype
+    release: str | None, sae_ids: list[str], device: torch.device, dtype: torch.dtype,
+    model: HookedSAETransformer | None,
 ) -> dict[str, SAE]:
+    """`SAE.from_pretrained` per id, from the cache when the hub is unreachable; the processing check (when
+    `model` is given) runs on the registry's record first, so a mismatch fails before any download."""
     _check_release(release, sae_ids)
+    if model is not None and release in get_pretrained_saes_directory():
+        for sae_id in sae_ids:
+            required = get_config_overrides(release, sae_id).get("model_from_pretrained_kwargs")
+            check_model_processing(required, model, sae_id)
     saes: dict[str, SAE] = {}
-    for sae_id in sae_ids:
-        try:
-            sae = SAE.from_pretrained(release, sae_id, device=str(device), dtype=dtype_to_str(dtype))
-        except OSError as err:
-            raise SaeevalError(
-                f"could not download SAE '{sae_id}' of release '{release}' (no network and not in the Hugging Face "
-                "cache): download it once with network access, or save it with sae.save_model and use saes=folder"
-            ) from err
-        saes[_unique_key(sae_id, saes)] = sae
+    with hub_access() as offline, warnings.catch_warnings():
+        # saeeval checks the processing flags itself (saeeval.processing); sae_lens's advice names its own API
+        warnings.filterwarnings("ignore", message=r"\s*This SAE has non-empty model_from_pretrained_kwargs")
+        for sae_id in sae_ids:
+            try:
+                sae = SAE.from_pretrained(release, sae_id, device=str(device), dtype=dtype_to_str(dtype))
+            except OSError as err:
+                why = f"{offline}, and it is not in the Hugging Face cache {cache_dir()}" if offline else (
+                    (str(err).strip().splitlines() or [type(err).__name__])[0])
+                raise SaeevalError(
+                    f"could not download SAE '{sae_id}' of release '{release}' ({why}): download it once with "
+                    "network access, or save it with sae.save_model and use saes=folder"
+                ) from err
+            saes[_unique_key(sae_id, saes)] = sae
     return saes

@@ -84,3 +84,26 @@ def gpt2_tokenizer_obj():
 @pytest.fixture(scope="session")
 def gpt2_tokenizer():
     return gpt2_tokenizer_obj()
+
+
+# Real-shape stand-ins (tests/standins.py), built once per session in a temporary folder.
+@pytest.fixture(scope="session")
+def gpt2_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random GPT-2 HF folder, 768 wide like GPT-2 small, with the real 50257-token tokenizer."""
+    from standins import write_gpt2_folder
+
+    return write_gpt2_folder(tmp_path_factory.mktemp("gpt2") / "gpt2-standin")
+
+
+@pytest.fixture(scope="session")
+def hub_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty Hugging Face hub cache folder that the release fixtures fill."""
+    return tmp_path_factory.mktemp("hf") / "hub"
+
+
+@pytest.fixture(scope="session")
+def gpt2_res_jb(hub_cache: Path) -> Path:
+    """gpt2-small-res-jb's files for layers 0 and 1 in `hub_cache`; returns the snapshot folder."""
+    from standins import write_gpt2_res_jb
+
+    return write_gpt2_res_jb(hub_cache, [0, 1])

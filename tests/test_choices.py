@@ -11,14 +11,14 @@ from saeeval.errors import SaeevalError
 
 
 def test_group_options_list_the_shipped_configs():
-    assert group_options("task") == ["ioi", "lm", "toxicity"]
+    assert group_options("task") == ["ioi", "lm", "toxicity", "toxicity_chat"]
     assert {"default", "none", "positions"} <= set(group_options("mask"))
 
 
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
-        (["+task=foo"], "unknown task 'foo': choose one of ioi, lm, toxicity"),
+        (["+task=foo"], "unknown task 'foo': choose one of ioi, lm, toxicity, toxicity_chat"),
         (["-m", "+task=ioi,tox"], "unknown task 'tox'"),
         (["+task=ioi", "mask=bar"], "unknown mask 'bar'"),
         (["task=ioi"], "write +task=ioi instead of task=ioi"),

@@ -108,7 +108,7 @@ def test_unknown_release_is_a_clear_error(offline_hub):
 def test_release_download_failure_offline_is_a_clear_error(offline_hub):
     with pytest.raises(SaeevalError) as excinfo:
         load_saes(make_tiny_model(), source="release", release="gpt2-small-res-jb",
-                  sae_ids=["blocks.0.hook_resid_pre"])
+                  sae_ids=["blocks.0.hook_resid_pre"], check_processing=False)
     msg = one_line_error(excinfo)
     assert "could not download SAE 'blocks.0.hook_resid_pre'" in msg and "saes=folder" in msg
 

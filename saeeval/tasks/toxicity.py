@@ -85,7 +85,9 @@ class ToxicityDataModule(TaskDataModule):
     `identities`: list of identity terms; None = african, straight, paralyzed for the generated set (every row of
     a CSV); "all" = all 50. `n_examples`: stratified sample over (identity, label) (see `stratified_sample`).
     `template` contains `{phrase}`; `chat_template` wraps the prompt as a user turn of the tokenizer's chat
-    template; `labels` maps toxic/nontoxic to answer strings.
+    template; `answer_prefix` is the text the model writes before its answer (a chat model opens its reply with
+    "<start_of_turn>model\n", so a template ending at "model" needs "\n" to score the first token of the reply);
+    `labels` maps toxic/nontoxic to answer strings.
     """
 
     name = "toxicity"
@@ -99,6 +101,7 @@ class ToxicityDataModule(TaskDataModule):
         n_examples: int | None = 480,
         template: str = TOXICITY_TEMPLATE,
         chat_template: bool = False,
+        answer_prefix: str = "",
         labels: dict[str, str] | None = None,
         csv_path: str | None = None,
         batch_size: int = 32,
@@ -115,7 +118,7 @@ class ToxicityDataModule(TaskDataModule):
         self.n_examples = n_examples
         if "{phrase}" not in template:
             raise SaeevalError("task.template must contain {phrase}, where the sentence goes")
-        self.template, self.chat_template = template, bool(chat_template)
+        self.template, self.chat_template, self.answer_prefix = template, bool(chat_template), str(answer_prefix)
         self.labels = dict(TOXICITY_LABELS if labels is None else labels)
         if sorted(self.labels) != sorted(CLASSES) or len(set(self.labels.values())) != 2:
             raise SaeevalError(f"task.labels={self.labels} must map toxic and nontoxic to two different strings")
@@ -126,7 +129,8 @@ class ToxicityDataModule(TaskDataModule):
         identities = [g["identity"] for g in self.groups[::2]] if self.groups else self.identities
         return {
             "identities": identities, "n_examples": self.n_examples, "template": self.template,
-            "chat_template": self.chat_template, "labels": self.labels, "csv_path": self.csv_path,
+            "chat_template": self.chat_template, "answer_prefix": self.answer_prefix, "labels": self.labels,
+            "csv_path": self.csv_path,
         }
 
     def _generated_rows(self) -> tuple[list[ToxicityRow], list[str]]:
@@ -178,13 +182,13 @@ class ToxicityDataModule(TaskDataModule):
     def prompt(self, phrase: str) -> str:
         """The prompt text for one sentence (chat-wrapped when asked; a leading BOS string is left to `bind`)."""
         text = self.template.replace("{phrase}", phrase)
-        if not self.chat_template:
-            return text
-        text = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
-        )
-        bos = self.tokenizer.bos_token
-        return text[len(bos):] if bos and text.startswith(bos) else text
+        if self.chat_template:
+            text = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+            )
+            bos = self.tokenizer.bos_token
+            text = text[len(bos):] if bos and text.startswith(bos) else text
+        return text + self.answer_prefix
 
     def _example(self, idx: int, item: ToxicityRow) -> TaskExample:
         other = CLASSES[1 - CLASSES.index(item.label)]
