@@ -1,18 +1,15 @@
-"""`python -m saeeval +task=toxicity`: the Hydra entry point."""
+"""`python -m saeeval +task=toxicity`: the Hydra entry point.
+
+Everything runs inside `errors.run_cli`, installed before Hydra or torch is imported, so a bad input, an
+unwritable folder or a Ctrl-C at any moment (start-up included) ends as one line on stderr.
+"""
 
 from __future__ import annotations
 
 import sys
 import warnings
-from typing import NoReturn
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
-
-from saeeval.choices import check_choices
-from saeeval.errors import SaeevalError, print_error
-
+from saeeval.errors import fail, known_error, run_cli
 
 # Our launcher files extend the submitit plugin's schema of the same name; Hydra warns about that merge.
 warnings.filterwarnings(
@@ -20,27 +17,42 @@ warnings.filterwarnings(
 )
 
 
-def fail(err: SaeevalError) -> NoReturn:
-    """The user-facing end of a bad input: the error line and exit status 2."""
-    print_error(err)
-    sys.exit(2)
-
-
-@hydra.main(version_base="1.3", config_path="pkg://saeeval.conf", config_name="config")
-def main(cfg: DictConfig) -> None:
+def main(cfg) -> None:  # noqa: ANN001 -- a DictConfig; omegaconf is imported lazily for a fast Ctrl-C path
+    """The Hydra task: check the config and the machine, then evaluate into the job's output folder."""
     from pathlib import Path
 
-    from saeeval.evaluate import evaluate
+    from hydra.core.hydra_config import HydraConfig
+
+    from saeeval.config_check import check_config
+    from saeeval.environment import check_devices
 
     try:
+        check_config(cfg, HydraConfig.get().runtime.choices)
+        check_devices(cfg)
+        from saeeval.evaluate import evaluate
+
         evaluate(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except SaeevalError as err:
-        fail(err)
+    except Exception as err:  # noqa: BLE001 -- a user error ends this job (and a sweep) as one line
+        line = known_error(err)
+        if line is None:
+            raise
+        fail(line)
+
+
+def cli() -> None:
+    """Check what can be checked on the command line itself, then let Hydra compose and run `main`."""
+    import hydra
+
+    from saeeval.choices import check_choices
+    from saeeval.config_check import widen_overrides
+    from saeeval.environment import check_launcher
+
+    argv = sys.argv[1:]
+    check_choices(argv)
+    check_launcher(argv)
+    sys.argv[1:] = widen_overrides(argv)
+    hydra.main(version_base="1.3", config_path="pkg://saeeval.conf", config_name="config")(main)()
 
 
 if __name__ == "__main__":
-    try:
-        check_choices(sys.argv[1:])
-    except SaeevalError as err:
-        fail(err)
-    main()
+    run_cli(cli)
