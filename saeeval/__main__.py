@@ -15,6 +15,9 @@ from saeeval.errors import fail, known_error, run_cli
 warnings.filterwarnings(
     "ignore", message=r"\s*'hydra/launcher/submitit_(slurm|local)' is validated against ConfigStore schema"
 )
+# On a SLURM login node Lightning suggests `srun python ...` on every local run; SLURM runs go through
+# hydra/launcher=submitit_slurm, so the hint only adds a stderr line to every run there.
+warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
 
 
 def main(cfg) -> None:  # noqa: ANN001 -- a DictConfig; omegaconf is imported lazily for a fast Ctrl-C path
@@ -26,14 +29,15 @@ def main(cfg) -> None:  # noqa: ANN001 -- a DictConfig; omegaconf is imported la
     from saeeval.config_check import check_config
     from saeeval.environment import check_devices
 
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         check_config(cfg, HydraConfig.get().runtime.choices)
         check_devices(cfg)
         from saeeval.evaluate import evaluate
 
-        evaluate(cfg, Path(HydraConfig.get().runtime.output_dir))
+        evaluate(cfg, out_dir)
     except Exception as err:  # noqa: BLE001 -- a user error ends this job (and a sweep) as one line
-        line = known_error(err)
+        line = known_error(err, out_dir)
         if line is None:
             raise
         fail(line)

@@ -29,6 +29,7 @@ def print_error(err: SaeevalError) -> None:
 
 
 _sigint_seen = False
+run_folder: Path | None = None  # the run's output folder, once Hydra knows it (output_folder.py)
 
 
 def _on_sigint(signum: int, frame: object) -> None:
@@ -68,12 +69,13 @@ _WRITE_FIXES = {
 }
 
 
-def os_error(err: OSError) -> SaeevalError | None:
-    """One line for a file-system failure a user can fix (disk full, read-only, a file in the way)."""
+def os_error(err: OSError, out_dir: Path | None = None) -> SaeevalError | None:
+    """One line for a file-system failure a user can fix (disk full, read-only, a file in the way); a failed
+    write() names no file, so it is put on the run's output folder `out_dir`."""
     fix = _WRITE_FIXES.get(err.errno or -1)
-    if fix is None or not err.filename:
+    if fix is None or not (err.filename or out_dir):
         return None
-    path = Path(str(err.filename))
+    path = Path(str(err.filename)) if err.filename else Path(str(out_dir))
     folder = path if path.is_dir() or err.errno in (errno.EEXIST, errno.ENOTDIR) else path.parent
     reason = os.strerror(err.errno) if err.errno else str(err)
     return SaeevalError(f"cannot write to folder '{folder}' ({reason}): {fix}")
@@ -88,7 +90,7 @@ def _causes(err: BaseException) -> list[BaseException]:
     return chain
 
 
-def known_error(err: BaseException) -> SaeevalError | None:
+def known_error(err: BaseException, out_dir: Path | None = None) -> SaeevalError | None:
     """The user-facing line for `err` (or what caused it), or None for a bug that keeps its traceback."""
     from saeeval.config_check import hydra_error
 
@@ -97,7 +99,7 @@ def known_error(err: BaseException) -> SaeevalError | None:
         if isinstance(cause, SaeevalError):
             return cause
     for cause in chain:
-        if isinstance(cause, OSError) and (line := os_error(cause)) is not None:
+        if isinstance(cause, OSError) and (line := os_error(cause, out_dir)) is not None:
             return line
     return hydra_error(err)
 
@@ -121,7 +123,7 @@ def run_cli(main: Callable[[], object]) -> NoReturn:
             interrupted()
         raise
     except Exception as err:  # noqa: BLE001 -- triage: user errors become one line, bugs re-raise
-        line = known_error(err)
+        line = known_error(err, run_folder)
         if line is None:
             raise
         fail(line)

@@ -21,6 +21,7 @@ from saeeval.masks import special_token_ids
 from saeeval.module import CLEAN, SAEEvalModule
 from saeeval.plots import logit_diff_chart
 from saeeval.results import completed_hash, config_hash, results_document, write_results
+from saeeval.selection import check_selection
 from saeeval.splicing import build_conditions
 from saeeval.table import print_results
 
@@ -82,6 +83,7 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     task = build(cfg.task)
     task.bind(model.tokenizer, model.cfg.default_prepend_bos, model.cfg.n_ctx)
     task.setup("test")
+    check_selection(task, mask, special_token_ids(model.tokenizer), model.cfg.d_vocab)
 
     module = SAEEvalModule(
         model, saes, conditions, mask, special_token_ids(model.tokenizer), task.has_answers, len(task.groups)

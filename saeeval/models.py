@@ -21,6 +21,7 @@ from transformer_lens import HookedTransformerConfig
 from transformer_lens import loading_from_pretrained as tl_loading
 
 from saeeval.errors import SaeevalError
+from saeeval.finite import check_finite_weights
 from saeeval.hub import cache_dir, hub_access
 from saeeval.processing import PROCESSING_KEYS, record_processing
 
@@ -79,6 +80,7 @@ def load_model(
     else:
         raise _unknown_model(name, source, zoo)
     record_processing(model, processing)
+    check_finite_weights(f"model '{name}'", model, "load an intact checkpoint (re-download or re-save it)")
     model.eval()
     return model
 

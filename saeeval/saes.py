@@ -18,9 +18,11 @@ from sae_lens.loading.pretrained_saes_directory import get_config_overrides, get
 from sae_lens.util import dtype_to_str
 
 from saeeval.errors import SaeevalError
+from saeeval.finite import check_finite_weights
 from saeeval.hub import cache_dir, hub_access
 from saeeval.models import available_zoo_models, default_zoo_root
 from saeeval.processing import check_processing as check_model_processing
+from saeeval.sae_files import RESAVE, check_sae_folder
 
 SOURCES = ("zoo", "release", "folder")
 
@@ -60,6 +62,9 @@ def load_saes(
         saes = _load_folders(paths, device, dtype)
     else:
         raise SaeevalError(f"unknown SAE source '{source}': use one of {', '.join(SOURCES)}")
+    if not saes:
+        raise SaeevalError(f"no SAE selected (saes.hooks={hooks}), so there is nothing to splice: list at least one "
+                           "hook in saes.hooks, or drop it to take every SAE")
     if check_processing:
         for key, sae in saes.items():
             check_model_processing(sae.cfg.metadata.model_from_pretrained_kwargs, model, key)
@@ -107,6 +112,7 @@ def _validate(name: str, sae: SAE, model: HookedSAETransformer, shapes: dict[str
             f"is {dtype_to_str(model.cfg.dtype)} on {model_device}: call sae.to(device='{model_device}', "
             f"dtype=torch.{dtype_to_str(model.cfg.dtype)}) before splicing"
         )
+    check_finite_weights(f"SAE '{name}' at hook '{hook}'", sae, "retrain or re-export it; saeeval will not splice it")
 
 
 def _activation_shapes(model: HookedSAETransformer, hooks: list[str]) -> dict[str, torch.Size]:
@@ -170,11 +176,13 @@ def _load_zoo(
 
 
 def _load_folder(path: Path, device: torch.device, dtype: torch.dtype) -> SAE:
-    if not (path / "cfg.json").is_file():
-        raise SaeevalError(
-            f"SAE folder '{path}' has no cfg.json: point saes.paths at folders written by sae.save_model()"
-        )
-    return SAE.load_from_disk(str(path), device=str(device), dtype=dtype_to_str(dtype))
+    check_sae_folder(path)
+    try:
+        return SAE.load_from_disk(str(path), device=str(device), dtype=dtype_to_str(dtype))
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:  # cfg.json fields or shapes sae_lens rejects
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise SaeevalError(f"SAE folder '{path}' could not be loaded by sae_lens ({type(err).__name__}: "
+                           f"{reason[:200]}): {RESAVE}") from None
 
 
 def _load_folders(paths: list[str] | None, device: torch.device, dtype: torch.dtype) -> dict[str, SAE]:

@@ -70,6 +70,7 @@ def run_inprocess(*argv: str, capfd: pytest.CaptureFixture, out: Path | None = N
         root.setLevel(saved_level)
         signal.signal(signal.SIGINT, saved_sigint)
         errors._sigint_seen = False
+        errors.run_folder = None
         logging.raiseExceptions = True
     captured = capfd.readouterr()
     code = exit_.value.code

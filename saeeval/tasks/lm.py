@@ -13,6 +13,7 @@ from typing import Any
 
 from saeeval.errors import SaeevalError
 from saeeval.tasks.base import TaskDataModule, TaskExample
+from saeeval.tasks.text import read_utf8
 
 
 def default_corpus() -> Path:
@@ -25,7 +26,7 @@ def read_corpus(path: str | Path, text_field: str = "text") -> list[str]:
     p = Path(path).expanduser()
     if not p.is_file():
         raise SaeevalError(f"task.path={str(path)!r} is not a file; point it at a .txt or .jsonl corpus")
-    lines = [ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    lines = [ln for ln in read_utf8(p, "task.path").splitlines() if ln.strip()]
     if p.suffix != ".jsonl":
         return [ln.strip() for ln in lines]
     texts = []

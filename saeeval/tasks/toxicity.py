@@ -10,6 +10,7 @@ model's 1/0 prior, which an overall mean hides.
 from __future__ import annotations
 
 import csv
+import io
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any
 from saeeval.errors import SaeevalError
 from saeeval.tasks.answers import resolve_prompt, tokenizer_name
 from saeeval.tasks.base import TaskDataModule, TaskExample
+from saeeval.tasks.text import read_utf8
 from saeeval.tasks.words import SEED_IDENTITIES, TOXICITY_LABELS, TOXICITY_TEMPLATE, load_words, name_adj_rows
 
 CLASSES = ("nontoxic", "toxic")
@@ -60,7 +62,7 @@ def read_toxicity_csv(path: str | Path) -> list[ToxicityRow]:
     p = Path(path).expanduser()
     if not p.is_file():
         raise SaeevalError(f"task.csv_path={str(path)!r} is not a file; point it at a CSV with header phrase,toxicity")
-    with p.open(newline="", encoding="utf-8") as f:
+    with io.StringIO(read_utf8(p, "task.csv_path"), newline="") as f:
         reader = csv.DictReader(f)
         fields = reader.fieldnames or []
         if "phrase" not in fields or "toxicity" not in fields:
