@@ -15,9 +15,6 @@ from saeeval.errors import fail, known_error, run_cli
 warnings.filterwarnings(
     "ignore", message=r"\s*'hydra/launcher/submitit_(slurm|local)' is validated against ConfigStore schema"
 )
-# On a SLURM login node Lightning suggests `srun python ...` on every local run; SLURM runs go through
-# hydra/launcher=submitit_slurm, so the hint only adds a stderr line to every run there.
-warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
 
 
 def main(cfg) -> None:  # noqa: ANN001 -- a DictConfig; omegaconf is imported lazily for a fast Ctrl-C path
