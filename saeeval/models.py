@@ -72,7 +72,8 @@ def load_model(
     processing = {k: bool(kwargs.get(k, False)) for k in PROCESSING_KEYS}
     zoo = Path(zoo_root) if zoo_root is not None else default_zoo_root()
     if source in ("auto", "zoo") and name in available_zoo_models(zoo):
-        model = _load_zoo_folder(zoo / name / "model", name, device, torch_dtype, kwargs)
+        _no_kwargs(name, kwargs)
+        model = load_zoo_folder(zoo / name / "model", name, device=device, dtype=torch_dtype)
     elif source in ("auto", "transformer_lens") and _is_transformer_lens_name(name):
         model = _load_transformer_lens(name, device, dtype, kwargs)
     elif source in ("auto", "folder") and Path(name).expanduser().exists():
@@ -106,6 +107,14 @@ def _torch_dtype(dtype: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def _no_kwargs(name: str, kwargs: dict[str, Any]) -> None:
+    if kwargs:
+        raise SaeevalError(
+            f"zoo model '{name}' takes no from_pretrained_kwargs (got {sorted(kwargs)}): remove them from the "
+            "model config"
+        )
+
+
 def _is_transformer_lens_name(name: str) -> bool:
     try:
         tl_loading.get_official_model_name(name)
@@ -127,22 +136,20 @@ def _load_local_folder(folder: Path, device: str, dtype: torch.dtype, kwargs: di
             "(saved with save_pretrained) or a zoo-format model folder"
         )
     if _is_zoo_format(folder):
-        return _load_zoo_folder(folder, folder.parent.name if folder.name == "model" else folder.name,
-                                device, dtype, kwargs)
+        _no_kwargs(str(folder), kwargs)
+        return load_zoo_folder(folder, device=device, dtype=dtype)
     return _load_hf_folder(folder, device, dtype, kwargs)
 
 
-def _load_zoo_folder(
-    folder: Path, name: str, device: str, dtype: torch.dtype, kwargs: dict[str, Any]
+def load_zoo_folder(
+    folder: str | Path, name: str | None = None, *, device: str = "cpu", dtype: torch.dtype = torch.float32
 ) -> HookedSAETransformer:
-    """config.json = HookedTransformerConfig kwargs, model.safetensors = its state_dict, tokenizer files."""
+    """The zoo model format, read in one place (saeeval, scripts/build_zoo.py and its tests): config.json =
+    HookedTransformerConfig kwargs, model.safetensors = its state_dict, tokenizer files beside them."""
     from transformers import PreTrainedTokenizerFast
 
-    if kwargs:
-        raise SaeevalError(
-            f"zoo model '{name}' takes no from_pretrained_kwargs (got {sorted(kwargs)}): remove them from the "
-            "model config"
-        )
+    folder = Path(folder)
+    name = name or (folder.parent.name if folder.name == "model" else folder.name)
     cfg_kwargs = json.loads((folder / "config.json").read_text())
     cfg_kwargs.setdefault("model_name", name)
     cfg_kwargs.update(device=device, dtype=dtype, init_weights=False)

@@ -15,7 +15,6 @@ so saeeval.scoring unembeds them a chunk of positions at a time; `.logits` gives
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,18 +22,12 @@ from typing import Any
 import torch
 from sae_lens import SAE
 
+from saeeval.conditions import Condition, hook_layer, hooks_of
 from saeeval.errors import SaeevalError
+from saeeval.saes import sae_hook
 from saeeval.unembed import Unembed
 
-_LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
-ABLATIONS = ("zero", "mean")
 Recon = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-
-
-def hook_layer(hook_name: str) -> int | None:
-    """Block index of a hook (`blocks.3.attn.hook_z` -> 3); None for hooks outside the blocks (embeddings...)."""
-    m = _LAYER_RE.match(hook_name)
-    return int(m.group(1)) if m else None
 
 
 def _entry_layer(hook_name: str) -> int | None:
@@ -44,103 +37,6 @@ def _entry_layer(hook_name: str) -> int | None:
     if layer is not None and hook_name == f"blocks.{layer}.hook_resid_post":
         return layer + 1
     return layer
-
-
-def _hook_key(hook_name: str) -> tuple[int, str]:
-    layer = hook_layer(hook_name)
-    return (-1 if layer is None else layer, hook_name)
-
-
-@dataclass(frozen=True)
-class Condition:
-    """One way of running the model: splice `saes` (ablation None) or ablate `hooks` ("zero" | "mean").
-
-    `baseline` names the ablation condition an SAE condition is scored against (ce_loss_score, ...).
-    """
-
-    name: str
-    saes: tuple[str, ...]
-    hooks: tuple[str, ...]
-    ablation: str | None = None
-    baseline: str | None = None
-    use_error_term: bool = False
-
-
-def _sae_hook(sae: SAE) -> str:
-    return sae.cfg.metadata.hook_name
-
-
-def build_conditions(
-    saes: Mapping[str, SAE],
-    *,
-    singles: bool = True,
-    groups: Sequence[Sequence[str]] = (),
-    ablation: str | None = "zero",
-    use_error_term: bool = False,
-) -> list[Condition]:
-    """Every SAE alone (if `singles`), every group spliced together, and one ablation baseline per hook set.
-
-    Group members are SAE names or hook names ("*" = every SAE). SAE conditions come first, then the baselines
-    in order of first use; conditions at the same hooks share one baseline.
-    """
-    if ablation is not None and ablation not in ABLATIONS:
-        raise SaeevalError(f"splice.ablation={ablation!r} is unknown; use zero, mean or null")
-    by_hook: dict[str, list[str]] = {}
-    for name, sae in saes.items():
-        by_hook.setdefault(_sae_hook(sae), []).append(name)
-
-    def resolve(member: str) -> list[str]:
-        if member == "*":
-            return list(saes)
-        if member in saes:
-            return [member]
-        if member in by_hook:
-            if len(by_hook[member]) > 1:
-                raise SaeevalError(
-                    f"splice group member {member!r} is a hook with several SAEs ({', '.join(by_hook[member])}); "
-                    "name the SAE instead"
-                )
-            return by_hook[member]
-        raise SaeevalError(
-            f"splice group member {member!r} is neither a loaded SAE nor its hook; "
-            f"available: {', '.join(sorted(set(saes) | set(by_hook)))}"
-        )
-
-    members: list[list[str]] = [[n] for n in saes] if singles else []
-    for group in groups:
-        if isinstance(group, str):
-            raise SaeevalError(f"splice group {group!r} must be a list, e.g. groups=[[{group},<another SAE>]]")
-        names = list(dict.fromkeys(n for m in group for n in resolve(str(m))))
-        if not names:
-            raise SaeevalError("splice group [] is empty; list at least one SAE or hook name")
-        hooks = [_sae_hook(saes[n]) for n in names]
-        if len(set(hooks)) < len(hooks):
-            dup = next(h for h in hooks if hooks.count(h) > 1)
-            raise SaeevalError(
-                f"splice group {'+'.join(names)} puts two SAEs at {dup}; a group may hold one SAE per hook"
-            )
-        members.append(names)
-
-    if not members:
-        raise SaeevalError("splice.singles=false with no splice.groups leaves no SAE condition to evaluate: set "
-                           "splice.singles=true or list groups, e.g. splice.groups=[[*]]")
-    conditions: dict[str, Condition] = {}
-    baselines: dict[str, Condition] = {}
-    for names in members:
-        hooks = tuple(sorted({_sae_hook(saes[n]) for n in names}, key=_hook_key))
-        baseline = None
-        if ablation is not None:
-            base_name = f"{ablation}_ablation@{'+'.join(hooks)}"
-            baselines.setdefault(base_name, Condition(base_name, (), hooks, ablation=ablation))
-            baseline = base_name
-        name = "+".join(names)
-        conditions.setdefault(name, Condition(name, tuple(names), hooks, None, baseline, use_error_term))
-    return [*conditions.values(), *baselines.values()]
-
-
-def hooks_of(conditions: Iterable[Condition]) -> list[str]:
-    """Every hook the conditions splice or ablate, in first-use order: what `Splicer.clean` must cache."""
-    return list(dict.fromkeys(h for c in conditions for h in c.hooks))
 
 
 @dataclass
@@ -232,7 +128,7 @@ class Splicer:
         self.saes = dict(saes)
         self.unembed = Unembed(model)
         for name, sae in self.saes.items():
-            hook = _sae_hook(sae)
+            hook = sae_hook(sae)
             if hook not in model.hook_dict:
                 raise SaeevalError(f"SAE {name!r} hooks {hook!r}, which the model lacks; pick an SAE for this model")
             if sae.cfg.metadata.hook_head_index is not None:
@@ -293,17 +189,17 @@ class Splicer:
 
     def _check_widths(self, store: Mapping[str, torch.Tensor]) -> None:
         for name, sae in self.saes.items():
-            act = store.get(_sae_hook(sae))
+            act = store.get(sae_hook(sae))
             if act is not None and act[0, 0].numel() != sae.cfg.d_in:
                 raise SaeevalError(
-                    f"SAE {name!r} has d_in={sae.cfg.d_in} but {_sae_hook(sae)} is {act[0, 0].numel()} wide; "
+                    f"SAE {name!r} has d_in={sae.cfg.d_in} but {sae_hook(sae)} is {act[0, 0].numel()} wide; "
                     "pick an SAE trained on this model"
                 )
 
     @torch.no_grad()
     def reconstruct(self, clean: CleanPass, sae_name: str, mask: torch.Tensor) -> Recon:
         """`(x, x_hat, feats)` of one SAE on the clean activations at masked-in positions, without a forward."""
-        act = clean.acts[_sae_hook(self.saes[sae_name])]
+        act = clean.acts[sae_hook(self.saes[sae_name])]
         return encode_decode(self.saes[sae_name], act[mask.to(act.device)])
 
     def run(
@@ -361,7 +257,7 @@ class Splicer:
             unknown = [n for n in cond.saes if n not in self.saes]
             if unknown:
                 raise SaeevalError(f"condition {cond.name!r} uses unknown SAEs {unknown}; loaded: {list(self.saes)}")
-            if sorted(_sae_hook(self.saes[n]) for n in cond.saes) != sorted(cond.hooks):
+            if sorted(sae_hook(self.saes[n]) for n in cond.saes) != sorted(cond.hooks):
                 raise ValueError(f"condition {cond.name!r}: hooks {cond.hooks} do not match its SAEs' hooks")
         elif cond.ablation == "mean":
             if means is None or any(h not in means for h in cond.hooks):
@@ -383,7 +279,7 @@ class Splicer:
         # The first spliced hook of a condition sees exactly the clean activation (nothing upstream changed),
         # so it is taken from the cache: reconstructions match the clean activations bit for bit.
         first = [min(c.hooks, key=lambda h: clean.order[h]) for c in conds]
-        sae_at = [{_sae_hook(self.saes[n]): n for n in c.saes} for c in conds]
+        sae_at = [{sae_hook(self.saes[n]): n for n in c.saes} for c in conds]
         # Block start-1's output: where a condition splices it, the suffix input is the spliced cached activation.
         entry = None if not start else f"blocks.{start - 1}.hook_resid_post"
 

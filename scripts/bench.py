@@ -45,10 +45,11 @@ from bench_models import BOS, SHAPES, FixedTokens, Setup, make_batches, make_mod
 from sae_lens.evals import EvalConfig, run_evals
 from sae_lens.training.activation_scaler import ActivationScaler
 
+from saeeval.conditions import build_conditions, hooks_of
 from saeeval.masks import TokenMask
 from saeeval.module import SAEEvalModule
 from saeeval.profiling import peak_tensor_bytes
-from saeeval.splicing import Splicer, build_conditions, hooks_of
+from saeeval.splicing import Splicer
 
 TOLERANCE = 1e-4
 TARGETS = {"speedup": 3.0, "floor_ratio": 1.05}

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from sae_lens import SAE, HookedSAETransformer, JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAEConfig
 from sae_lens import TopKSAE, TopKSAEConfig
 from sae_lens.saes.jumprelu_sae import JumpReLU, Step
@@ -31,6 +31,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformer_lens import HookedTransformerConfig
 from transformers import PreTrainedTokenizerFast
 
+from saeeval.models import load_zoo_folder
 from saeeval.tasks.words import TOXICITY_LABELS, TOXICITY_TEMPLATE, fill_ioi, ioi_templates, load_words, name_adj_rows
 
 SPECIALS = ("<bos>", "<eos>", "<pad>", "<unk>")
@@ -359,14 +360,6 @@ def sae_scores(model: HookedSAETransformer, sae: SAE, toks: torch.Tensor, ce_cle
             "ce_zero_ablation": corpus_ce(model, toks, at_words(torch.zeros_like))}
 
 
-def load_zoo_model(model_dir: Path) -> HookedSAETransformer:
-    """The loader contract of saeeval/models.py: config kwargs + tokenizer folder + safetensors state dict."""
-    cfg = HookedTransformerConfig(**json.loads((model_dir / "config.json").read_text()))
-    model = HookedSAETransformer(cfg, tokenizer=PreTrainedTokenizerFast.from_pretrained(model_dir))
-    model.load_state_dict(load_file(model_dir / "model.safetensors"))
-    return model.eval()
-
-
 def versions() -> dict[str, str]:
     """Library versions recorded in the card."""
     pkgs = ("torch", "transformer-lens", "sae-lens", "transformers", "tokenizers", "safetensors")
@@ -401,7 +394,7 @@ def build(out: Path, seed: int, b: Budget) -> dict[str, Any]:
     heldout = encode_corpus(tok, split.corpus, eos=False)
     with torch.no_grad():
         trained_logits = model(heldout)
-        model = load_zoo_model(out / "model")
+        model = load_zoo_folder(out / "model").eval()
         assert torch.equal(model(heldout), trained_logits), "the saved model does not reproduce the trained logits"
     ce_clean = corpus_ce(model, heldout)
     acts = hook_acts(model, toks[: b.sae_seqs], list(SAE_ARCH))

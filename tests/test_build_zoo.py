@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from sae_lens import SAE, HookedSAETransformer
-from transformer_lens import HookedTransformerConfig
-from transformers import PreTrainedTokenizerFast
+
+from saeeval.models import load_zoo_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "build_zoo.py"
@@ -29,14 +28,6 @@ SPECIALS = ["<bos>", "<eos>", "<pad>", "<unk>"]
 def run_fast_build(out: Path, seed: int = 0) -> None:
     subprocess.run([sys.executable, str(SCRIPT), "--fast", "--out", str(out), "--seed", str(seed)],
                    check=True, capture_output=True, timeout=120)
-
-
-def load_model(model_dir: Path) -> HookedSAETransformer:
-    """Exactly the loader contract of saeeval/models.py."""
-    cfg = HookedTransformerConfig(**json.loads((model_dir / "config.json").read_text()))
-    model = HookedSAETransformer(cfg, tokenizer=PreTrainedTokenizerFast.from_pretrained(model_dir))
-    model.load_state_dict(load_file(model_dir / "model.safetensors"))
-    return model.eval()
 
 
 def sha(path: Path) -> str:
@@ -72,7 +63,7 @@ def test_fast_build_writes_the_zoo_layout(fast_zoo: Path) -> None:
 @pytest.mark.slow
 def test_fast_model_loads_with_word_tokenizer_and_single_bos(fast_zoo: Path) -> None:
     cfg = json.loads((fast_zoo / "model" / "config.json").read_text())
-    model = load_model(fast_zoo / "model")
+    model = load_zoo_folder(fast_zoo / "model")
     assert cfg["model_name"] == "tiny" and model.cfg.default_prepend_bos and cfg["d_vocab"] == len(model.tokenizer)
     tok_cfg = json.loads((fast_zoo / "model" / "tokenizer_config.json").read_text())
     assert tok_cfg["tokenizer_class"] == "PreTrainedTokenizerFast" and tok_cfg["model_max_length"] == cfg["n_ctx"]
@@ -86,7 +77,7 @@ def test_fast_model_loads_with_word_tokenizer_and_single_bos(fast_zoo: Path) -> 
 
 @pytest.mark.slow
 def test_fast_saes_load_at_their_hooks_with_matching_width(fast_zoo: Path) -> None:
-    model = load_model(fast_zoo / "model")
+    model = load_zoo_folder(fast_zoo / "model")
     archs = set()
     for hook in HOOKS:
         sae = SAE.load_from_disk(fast_zoo / "saes" / hook)
@@ -129,7 +120,7 @@ def committed() -> tuple[HookedSAETransformer, dict, list[str]]:
     if not (ZOO / "card.json").is_file():
         pytest.fail("saeeval/zoo/tiny is missing: run `python scripts/build_zoo.py`")
     lines = (ZOO / "corpus" / "heldout.txt").read_text(encoding="utf-8").splitlines()
-    return load_model(ZOO / "model"), json.loads((ZOO / "card.json").read_text()), lines
+    return load_zoo_folder(ZOO / "model"), json.loads((ZOO / "card.json").read_text()), lines
 
 
 def test_committed_card_meets_the_bars(committed) -> None:

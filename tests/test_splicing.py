@@ -11,9 +11,10 @@ from omegaconf import OmegaConf
 from sae_lens import HookedSAETransformer
 from transformer_lens import HookedTransformerConfig
 
+from saeeval.conditions import Condition, build_conditions, hooks_of
 from saeeval.errors import SaeevalError
 from saeeval.means import ActivationMeans
-from saeeval.splicing import Condition, Splicer, build_conditions, hooks_of
+from saeeval.splicing import Splicer
 
 torch.set_num_threads(1)
 D = 32
