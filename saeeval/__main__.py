@@ -30,9 +30,9 @@ def main(cfg) -> None:  # noqa: ANN001 -- a DictConfig; omegaconf is imported la
     try:
         check_config(cfg, HydraConfig.get().runtime.choices)
         check_devices(cfg)
-        from saeeval.evaluate import evaluate
+        from saeeval.cli import run_config
 
-        evaluate(cfg, out_dir)
+        run_config(cfg, out_dir)
     except Exception as err:  # noqa: BLE001 -- a user error ends this job (and a sweep) as one line
         line = known_error(err, out_dir)
         if line is None:

@@ -1,7 +1,7 @@
 """Send a finished run's results to a Lightning logger (wandb, CSV): config, flat metrics, samples and chart.
 
 Evaluation has no training steps, so everything is logged once, after results.json is written, from rank 0
-only (evaluate.py returns before this on other ranks; Lightning's loggers are rank-zero-only as well).
+only (saeeval.cli returns before this on other ranks; Lightning's loggers are rank-zero-only as well).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import Any
 
 from lightning.pytorch.loggers import Logger, WandbLogger
 
+from saeeval.charts import CHART_FILE
 from saeeval.errors import SaeevalError
 from saeeval.results import SAMPLES_FILE
 
-CHART_FILE = "logit_diff.png"
 SAMPLES_KEY = "samples"
 CHART_KEY = "logit_diff_chart"
 

@@ -2,7 +2,7 @@
 
 Per batch: one clean pass, then each condition runs from its first spliced layer (saeeval.splicing). All numbers
 are metric states (sums or concatenations), so a DDP run gives the single-process result; they are computed
-once, at epoch end, into the results dict that saeeval.results writes.
+once, at epoch end (`compute_results`); saeeval.document turns them into the results document.
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ import torch
 from sae_lens import SAE
 from torch import Tensor, nn
 
+from saeeval.conditions import Condition, hooks_of
+from saeeval.document import CLEAN, GROUP_SUMS, Computed
 from saeeval.masks import TokenMask
+from saeeval.means import ActivationMeans
 from saeeval.metrics.lm_loss import KLDivergence, NextTokenCrossEntropy
 from saeeval.metrics.logit_diff import GroupedLogitDiff, LogitDiff, PerExample
 from saeeval.metrics.reconstruction import Reconstruction
-from saeeval.metrics.stats import ce_loss_score, kl_div_score, recovered
-from saeeval.means import ActivationMeans
 from saeeval.scoring import answer_logit_diff, score_lm
-from saeeval.splicing import Condition, Splicer, conditions_per_forward, hooks_of
+from saeeval.splicing import Splicer, conditions_per_forward
 
-CLEAN = "clean"
 FINALS_BUDGET = 1 << 28
 """Bytes of conditions' final residuals held at once per batch (256 MiB); more conditions are scored in groups."""
 
@@ -60,9 +60,10 @@ class ConditionMetrics(nn.Module):
 class SAEEvalModule(L.LightningModule):
     """Evaluate `conditions` (SAE splices and ablation baselines) against the clean model on a task's batches.
 
-    At epoch end it reads the trainer's TaskDataModule for `groups` and `slice_fields`; the results dict is left
-    in `self.results` after `trainer.test` (on every rank; only rank 0 writes files). `condition_batch`: how many
-    conditions starting at the same block share one forward (None: `splicing.conditions_per_forward`, 1 on CPU).
+    `answer_position` names the batch position whose logits are scored (None: the last column). The computed
+    values are left in `self.computed` after `trainer.test` (on every rank; only rank 0 writes files).
+    `condition_batch`: how many conditions starting at the same block share one forward (None:
+    `splicing.conditions_per_forward`, 1 on CPU).
     """
 
     def __init__(
@@ -75,6 +76,7 @@ class SAEEvalModule(L.LightningModule):
         has_answers: bool,
         num_groups: int,
         condition_batch: int | None = None,
+        answer_position: str | None = None,
     ):
         super().__init__()
         self.model = model.requires_grad_(False)
@@ -85,6 +87,7 @@ class SAEEvalModule(L.LightningModule):
         self.special_ids = list(special_ids)
         self.has_answers = has_answers
         self.condition_batch = condition_batch
+        self.answer_position = answer_position
         self.hooks = hooks_of(self.conditions)
         self.metrics = nn.ModuleList(
             [ConditionMetrics(has_answers, num_groups, {}, paired=False)]
@@ -94,7 +97,7 @@ class SAEEvalModule(L.LightningModule):
             ]
         )
         self.means: dict[str, Tensor] | None = None
-        self.results: dict[str, Any] | None = None
+        self.computed: list[Computed] | None = None
 
     @property
     def saes(self) -> dict[str, SAE]:
@@ -170,10 +173,11 @@ class SAEEvalModule(L.LightningModule):
     def _update_answers(
         self, m: ConditionMetrics, final: Tensor, batch: Mapping[str, Any], clean_ld: Tensor | None
     ) -> Tensor | None:
-        """Logit-difference states from the last column (rows are left-padded: the answer is predicted there)."""
+        """Logit-difference states at the task's answer position."""
         if not self.has_answers:
             return None
-        ld = answer_logit_diff(self.splicer.unembed, final, batch["correct"], batch["incorrect"])
+        rows = self._answer_rows(final, batch)
+        ld = answer_logit_diff(self.splicer.unembed, rows, batch["correct"], batch["incorrect"])
         m.ld.update(ld)
         m.grouped.update(ld, batch["group"])
         m.per_example.update(batch["example_id"], ld)
@@ -181,109 +185,45 @@ class SAEEvalModule(L.LightningModule):
             m.delta.update(ld - clean_ld)
         return ld
 
+    def _answer_rows(self, final: Tensor, batch: Mapping[str, Any]) -> Tensor:
+        """The final residual where the task's answer is predicted: all of `final` when that is the last column
+        (None; rows are left-padded), else `[B, 1, d]` at the task's named position."""
+        if self.answer_position is None:
+            return final
+        col = batch["positions"][self.answer_position].to(final.device)
+        return final[torch.arange(col.shape[0], device=final.device), col][:, None]
+
     def on_test_epoch_end(self) -> None:
-        self.results = self.compute_results()
+        self.computed = self.compute_results()
 
-    def compute_results(self) -> dict[str, Any]:
-        """Compute every metric (synced across ranks) into the `conditions`/`slices` parts of results.json."""
-        task = self.trainer.datamodule
-        computed = [_compute(m) for m in self.metrics]
-        by_name = dict(zip([CLEAN] + [c.name for c in self.conditions], computed))
-        clean = computed[0]
-        conditions: dict[str, Any] = {CLEAN: {"task": clean["task"], "lm": {"ce_loss": clean["ce"]}}}
-        for cond, res in zip(self.conditions, computed[1:]):
-            base = by_name.get(cond.baseline) if cond.baseline else None
-            lm = {"ce_loss": res["ce"], "ce_loss_delta": _sub(res["ce"], clean["ce"]), "kl_div": res["kl"]}
-            entry: dict[str, Any] = {
-                "saes": list(cond.saes),
-                "hooks": list(cond.hooks),
-                "ablation": cond.ablation,
-                "baseline": cond.baseline,
-                "use_error_term": cond.use_error_term,
-                "task": dict(res["task"]),
-                "lm": lm,
-            }
-            if base is not None:
-                lm["ce_loss_score"] = ce_loss_score(clean["ce"], res["ce"], base["ce"])
-                lm["kl_div_score"] = kl_div_score(res["kl"], base["kl"])
-                if self.has_answers:
-                    entry["task"]["logit_diff_recovered"] = recovered(
-                        clean["task"]["logit_diff"], res["task"]["logit_diff"], base["task"]["logit_diff"]
-                    )
-            if res["recon"]:
-                saes = self.saes
-                entry["reconstruction"] = {saes[n].cfg.metadata.hook_name: r for n, r in res["recon"].items()}
-            conditions[cond.name] = entry
-        results: dict[str, Any] = {"conditions": conditions}
-        if self.has_answers:
-            results["slices"], results["gaps"] = _slices(task, self.metrics, [CLEAN] + [c.name for c in self.conditions])
-            results["samples"] = {
-                name: m.per_example.compute() for name, m in zip(by_name, self.metrics)
-            }
-        return results
+    def compute_results(self) -> list[Computed]:
+        """Compute every metric state (synced across ranks; call on every rank), clean first; saeeval.document
+        shapes them into results.json."""
+        hook_of = {name: sae.cfg.metadata.hook_name for name, sae in self.saes.items()}
+        conds: list[Condition | None] = [None, *self.conditions]
+        return [_compute(cond, m, hook_of) for cond, m in zip(conds, self.metrics)]
 
 
-def _compute(m: ConditionMetrics) -> dict[str, Any]:
-    out: dict[str, Any] = {"ce": _float(m.ce.compute()), "kl": _float(m.kl.compute()) if m.kl else None}
-    out["task"] = _values(m.ld.compute()) if m.ld is not None else {}
+def _compute(cond: Condition | None, m: ConditionMetrics, hook_of: Mapping[str, str]) -> Computed:
+    task: dict[str, float] = {}
+    if m.ld is not None:
+        task = {k: float(v) for k, v in m.ld.compute().items()}
     if m.delta is not None:
-        out["task"].update({f"delta_{k}": _float(v) for k, v in m.delta.compute().items() if k.startswith("logit")})
+        task.update({f"delta_{k}": float(v) for k, v in m.delta.compute().items() if k.startswith("logit")})
+    groups = samples = None
     if m.grouped is not None:
-        m.grouped.compute()
-    out["recon"] = {name: _values(r.compute()) for name, r in zip(m.recon_names, m.recon)}
-    return out
-
-
-def _slices(task: Any, metrics: Sequence[ConditionMetrics], names: Sequence[str]) -> tuple[dict, dict]:
-    """Per slice value (e.g. identity=african, label=toxic): accuracy, mean logit diff, FPR/FNR; and the gaps."""
-    groups: list[dict[str, str]] = task.groups
-    slices: dict[str, dict[str, Any]] = {}
-    gaps: dict[str, dict[str, Any]] = {}
-    for field in task.slice_fields:
-        values = list(dict.fromkeys(g[field] for g in groups))
-        per_value: dict[str, dict[str, dict[str, Any]]] = {}
-        for value in values:
-            idx = [i for i, g in enumerate(groups) if g[field] == value]
-            key = f"{field}={value}"
-            slices[key] = {}
-            for name, m in zip(names, metrics):
-                s = m.grouped.summarize(idx)
-                stats = _values(s)
-                if "label" in task.slice_fields:
-                    for label, rate in (("nontoxic", "false_positive_rate"), ("toxic", "false_negative_rate")):
-                        sub = [i for i in idx if groups[i].get("label") == label]
-                        stats[rate] = _float(m.grouped.summarize(sub)["error_rate"]) if sub else None
-                slices[key][name] = stats
-                per_value.setdefault(name, {})[value] = stats
-        if len(values) > 1:
-            gaps[field] = {name: _gap(vals) for name, vals in per_value.items()}
-    return slices, gaps
-
-
-def _gap(per_value: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """Spread of accuracy and mean logit diff across the values of one slice field (the bias signal)."""
-    out: dict[str, Any] = {}
-    for metric in ("accuracy", "logit_diff"):
-        vals = {v: s[metric] for v, s in per_value.items() if s.get(metric) is not None}
-        if vals:
-            lo, hi = min(vals, key=vals.get), max(vals, key=vals.get)
-            out[f"{metric}_gap"] = vals[hi] - vals[lo]
-            out[f"{metric}_lowest"], out[f"{metric}_highest"] = lo, hi
-    return out
-
-
-def _values(d: Mapping[str, Any]) -> dict[str, Any]:
-    """Computed metric values as JSON numbers: counts as int, the rest as finite float or None."""
-    return {k: int(v) if k in ("n", "n_tokens") else _float(v) for k, v in d.items()}
-
-
-def _float(v: Any) -> float | None:
-    """A finite Python float, or None (results never hold NaN or inf)."""
-    if v is None:
-        return None
-    f = float(v)
-    return f if f == f and abs(f) != float("inf") else None
-
-
-def _sub(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else a - b
+        sums = m.grouped.compute()
+        groups = {k: sums[k].detach().cpu() for k in GROUP_SUMS}
+    if m.per_example is not None:
+        ids, values = m.per_example.compute()
+        samples = (ids.tolist(), values.tolist())
+    return Computed(
+        name=CLEAN if cond is None else cond.name,
+        condition=cond,
+        ce=float(m.ce.compute()),
+        kl=float(m.kl.compute()) if m.kl is not None else None,
+        task=task,
+        groups=groups,
+        recon={hook_of[n]: {k: float(v) for k, v in r.compute().items()} for n, r in zip(m.recon_names, m.recon)},
+        samples=samples,
+    )

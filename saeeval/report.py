@@ -9,12 +9,9 @@ import argparse
 import base64
 import html
 import io
-import json
-import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.resources import files
 from pathlib import Path
@@ -24,132 +21,18 @@ from typing import Any
 from matplotlib.figure import Figure
 
 import saeeval
-from saeeval import report_charts as charts
+from saeeval import charts
+from saeeval.catalog import fmt, metrics, present, reconstructions
 from saeeval.errors import SaeevalError, print_error
-from saeeval.results import RESULTS_FILE, SCHEMA_VERSION, atomic_write_text, read_results
-
-_PALETTE = ["#4477AA", "#EE6677", "#228833", "#CCBB44", "#66CCEE", "#AA3377", "#BBBBBB", "#000000"]
-# Config keys that tell runs apart, most telling first; keys that only say where/how a run executed are left out.
-_LABEL_PRIORITY = ("saes", "model", "splice", "mask", "task")
-_LABEL_SKIP = ("hydra", "trainer", "logger", "force", "plot")
-_LABEL_KEYS = 3
-_RECON_COLS = ("mse", "explained_variance", "cosine_similarity", "l0", "l1", "dead_fraction")
-
-
-@dataclass
-class Run:
-    """One finished run: where its results.json is, its document, and how the report names and colours it."""
-
-    path: Path
-    doc: dict[str, Any]
-    rid: str = ""
-    folder: str = ""
-    differs: tuple[str, ...] = ()
-    color: str = ""
-
-    @property
-    def label(self) -> str:
-        shown = ", ".join(self.differs[:_LABEL_KEYS]) + (" …" if len(self.differs) > _LABEL_KEYS else "")
-        return f"{self.rid} · {self.folder}" + (f" · {shown}" if shown else "")
-
-    @property
-    def task(self) -> str:
-        return str(self.doc["task"].get("name") or "unnamed task")
-
-
-def _natural(path: Path) -> list[Any]:
-    """Sort key that puts multirun job 10 after job 9."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
-
-
-def find_results(paths: Sequence[Path]) -> list[Path]:
-    """Every results.json named or found (recursively) under the given folders, in natural order."""
-    found: dict[Path, None] = {}
-    for p in map(Path, paths):
-        if not p.exists():
-            raise SaeevalError(f"{p} does not exist; pass run folders, a multirun folder or results.json files")
-        for f in sorted(p.rglob(RESULTS_FILE), key=_natural) if p.is_dir() else [p]:
-            found[f.resolve()] = None
-    if not found:
-        raise SaeevalError(
-            f"no {RESULTS_FILE} found under {', '.join(map(str, paths)) or 'the given paths'}; "
-            "pass the output folders of finished `python -m saeeval` runs"
-        )
-    return list(found)
-
-
-def load_run(path: Path) -> Run:
-    """Read and check one results.json; a file that is not one raises a SaeevalError naming it."""
-    try:
-        doc = read_results(path)
-    except (OSError, ValueError) as err:
-        raise SaeevalError(f"cannot read {path}: {err}; re-run that job or leave it out of the report") from None
-    ok = isinstance(doc, dict) and isinstance(doc.get("conditions"), dict) and isinstance(doc.get("task"), dict)
-    if not ok:
-        raise SaeevalError(f"{path} is not a saeeval results file (no 'conditions'/'task'); leave it out of the report")
-    if doc.get("schema_version") != SCHEMA_VERSION:
-        raise SaeevalError(
-            f"{path} has schema_version {doc.get('schema_version')!r}, this saeeval reads {SCHEMA_VERSION}; "
-            "use the saeeval version that wrote it"
-        )
-    doc.setdefault("model", {})
-    return Run(path=path, doc=doc)
-
-
-def _flatten(cfg: Any, prefix: str = "") -> dict[str, str]:
-    if isinstance(cfg, Mapping):
-        out: dict[str, str] = {}
-        for k, v in cfg.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: json.dumps(cfg, separators=(",", ":"), default=str).strip('"')}
-
-
-def label_runs(runs: Sequence[Run]) -> None:
-    """Give each run an id (R1, R2, …), its folder relative to the others, its differing config keys and a colour."""
-    dirs = [r.path.parent if r.path.name == RESULTS_FILE else r.path.with_suffix("") for r in runs]
-    common = Path(os.path.commonpath([str(d) for d in dirs])) if len(dirs) > 1 else None
-    flat = [_flatten(r.doc.get("config") or {}) for r in runs]
-    rank = {g: i for i, g in enumerate(_LABEL_PRIORITY)}
-    keys = sorted(
-        (k for k in dict.fromkeys(k for f in flat for k in f)
-         if k.split(".")[0] not in _LABEL_SKIP and not k.endswith("_target_")),
-        key=lambda k: rank.get(k.split(".")[0], len(rank)),
-    )
-    differs: list[list[str]] = [[] for _ in runs]
-    for k in keys:
-        # task options only mean something between runs of the same task
-        peers = {r.task for r in runs} if k.startswith("task.") else {None}
-        for task in peers:
-            idx = [i for i, r in enumerate(runs) if task is None or r.task == task]
-            if len({flat[i].get(k) for i in idx}) > 1:
-                for i in idx:
-                    differs[i].append(f"{k}={_short(flat[i].get(k, '—'))}")
-    for i, (run, d) in enumerate(zip(runs, dirs)):
-        rel = d.relative_to(common).as_posix() if common is not None else d.name
-        run.rid, run.folder = f"R{i + 1}", d.name if rel == "." else rel
-        run.differs = tuple(differs[i])
-        run.color = _PALETTE[i % len(_PALETTE)]
-
-
-def _short(text: str, width: int = 30) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _fmt(v: Any) -> str:
-    """A table cell: '—' for null, 4 significant digits for floats."""
-    if v is None:
-        return "—"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+from saeeval.results import atomic_write_text
+from saeeval.runs import Run, by_task, load_runs
 
 
 def _table(head: Sequence[str], rows: Sequence[Sequence[Any]], numeric_from: int = 1) -> str:
     """An HTML table; cells are escaped, columns from `numeric_from` are right-aligned."""
     th = "".join(f'<th{" class=num" if i >= numeric_from else ""}>{html.escape(h)}</th>' for i, h in enumerate(head))
     body = "".join(
-        "<tr>" + "".join(f'<td{" class=num" if i >= numeric_from else ""}>{html.escape(_fmt(c))}</td>'
+        "<tr>" + "".join(f'<td{" class=num" if i >= numeric_from else ""}>{html.escape(fmt(c))}</td>'
                          for i, c in enumerate(row)) + "</tr>"
         for row in rows
     )
@@ -176,7 +59,7 @@ class _Page:
             self.add(f"<p class=note>{html.escape(missing)}</p>")
             return
         buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, metadata={"Software": None}, facecolor="white")
+        charts.save_figure(fig, buf)
         png = buf.getvalue()
         (self.files_dir / f"{name}.png").write_bytes(png)
         self.n_images += 1
@@ -200,26 +83,22 @@ def _summary(runs: Sequence[Run]) -> str:
 
 
 def _conditions_table(runs: Sequence[Run]) -> str:
-    head = ("run", "condition", "SAEs", "ablation", "logit diff", "95% CI", "accuracy", "recovered", "CE loss",
-            "ΔCE", "CE score", "KL", "KL score")
-    rows = []
-    for r in runs:
-        for name, c in r.doc["conditions"].items():
-            t, lm = c.get("task") or {}, c.get("lm") or {}
-            lo, hi = t.get("logit_diff_ci_low"), t.get("logit_diff_ci_high")
-            ci = "—" if lo is None or hi is None else f"[{lo:.3g}, {hi:.3g}]"
-            rows.append((r.rid, name, len(c.get("saes") or []) if name != "clean" else None, c.get("ablation"),
-                         t.get("logit_diff"), ci, t.get("accuracy"), t.get("logit_diff_recovered"),
-                         lm.get("ce_loss"), lm.get("ce_loss_delta"), lm.get("ce_loss_score"), lm.get("kl_div"),
-                         lm.get("kl_div_score")))
-    return _table(head, rows, numeric_from=2)
+    """Every condition of every run × the declared task and LM metrics any of them reports."""
+    conds = [(r, name, c) for r in runs for name, c in r.doc["conditions"].items()]
+    decls = present(metrics("task", "lm"), [c.get(m) or {} for _, _, c in conds for m in ("task", "lm")])
+    rows = [(r.rid, name, len(c.get("saes") or []) if name != "clean" else None, c.get("ablation"),
+             *(m.value(c.get(m.section) or {}) for m in decls)) for r, name, c in conds]
+    return _table(("run", "condition", "SAEs", "ablation", *(m.label for m in decls)), rows, numeric_from=2)
 
 
 def _reconstruction_table(runs: Sequence[Run]) -> str | None:
-    rows = [(r.rid, name, hook, *(m.get(k) for k in _RECON_COLS))
-            for r in runs for name, c in r.doc["conditions"].items()
-            for hook, m in (c.get("reconstruction") or {}).items()]
-    return _table(("run", "condition", "hook", *_RECON_COLS), rows, numeric_from=3) if rows else None
+    """One row per run, condition and spliced SAE × the declared reconstruction metrics."""
+    recons = [(r.rid, *rec) for r in runs for rec in reconstructions(r.doc["conditions"])]
+    if not recons:
+        return None
+    decls = present(metrics("reconstruction"), [v for *_, v in recons])
+    rows = [(rid, name, hook, *(m.value(v) for m in decls)) for rid, name, hook, v in recons]
+    return _table(("run", "condition", "hook", *(m.label for m in decls)), rows, numeric_from=3)
 
 
 def _gaps_table(runs: Sequence[Run]) -> str | None:
@@ -264,20 +143,6 @@ def _task_section(page: _Page, task: str, runs: Sequence[Run]) -> None:
     recon = _reconstruction_table(runs)
     page.add("<h3>Reconstruction</h3>" + (recon or "<p class=note>No condition of this task splices an SAE.</p>"))
     page.add("</section>")
-
-
-def load_runs(paths: Sequence[Path]) -> list[Run]:
-    """Find, read, check and label every run under `paths`."""
-    runs = [load_run(p) for p in find_results(paths)]
-    label_runs(runs)
-    return runs
-
-
-def by_task(runs: Sequence[Run]) -> dict[str, list[Run]]:
-    out: dict[str, list[Run]] = {}
-    for r in runs:
-        out.setdefault(r.task, []).append(r)
-    return out
 
 
 def render(runs: Sequence[Run], files_dir: Path) -> str:

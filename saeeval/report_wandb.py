@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from saeeval.catalog import fmt, metrics, present, reconstructions
+from saeeval.charts import conditions_of, identity_slices
 from saeeval.errors import SaeevalError
-from saeeval.report_charts import conditions_of, identity_slices
+from saeeval.runs import Run, by_task
 
 if TYPE_CHECKING:
     import wandb_workspaces.reports.v2 as wr
-
-    from saeeval.report import Run
 
 _MAX_SCATTERS = 6
 
@@ -37,9 +37,7 @@ def parse_target(target: str) -> tuple[str, str]:
 
 
 def _md_cell(v: Any) -> str:
-    if v is None:
-        return "—"
-    return f"{v:.4g}" if isinstance(v, float) else str(v).replace("|", "\\|")
+    return fmt(v).replace("|", "\\|")
 
 
 def _md_table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -60,10 +58,12 @@ def _summary_md(runs: Sequence[Run]) -> str:
 
 
 def _recon_md(runs: Sequence[Run]) -> str:
-    cols = ("mse", "explained_variance", "cosine_similarity", "l0", "l1", "dead_fraction")
-    rows = [(r.rid, name, hook, *(m.get(k) for k in cols)) for r in runs
-            for name, c in r.doc["conditions"].items() for hook, m in (c.get("reconstruction") or {}).items()]
-    return _md_table(("run", "condition", "hook", *cols), rows) if rows else "No condition splices an SAE."
+    recons = [(r.rid, *rec) for r in runs for rec in reconstructions(r.doc["conditions"])]
+    if not recons:
+        return "No condition splices an SAE."
+    decls = present(metrics("reconstruction"), [v for *_, v in recons])
+    rows = [(rid, name, hook, *(m.value(v) for m in decls)) for rid, name, hook, v in recons]
+    return _md_table(("run", "condition", "hook", *(m.label for m in decls)), rows)
 
 
 def _runset_filter(runs: Sequence[Run]) -> str:
@@ -112,12 +112,10 @@ def _panels(wr: Any, runs: Sequence[Run], task: str) -> list[Any]:
 def wandb_report(runs: Sequence[Run], entity: str, project: str) -> wr.Report:
     """The Report object (not saved): title, summary, then per task a panel grid over the logged keys and tables."""
     wr = _wr()
-    by_task: dict[str, list[Run]] = {}
-    for r in runs:
-        by_task.setdefault(r.task, []).append(r)
-    title = f"saeeval comparison: {', '.join(by_task)}"[:128]
+    groups = by_task(runs)
+    title = f"saeeval comparison: {', '.join(groups)}"[:128]
     blocks: list[Any] = [wr.H1(text=title), wr.MarkdownBlock(text=_summary_md(runs))]
-    for task, task_runs in by_task.items():
+    for task, task_runs in groups.items():
         blocks += [
             wr.H2(text=f"Task: {task}"),
             wr.PanelGrid(

@@ -11,7 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import saeeval
+from saeeval.errors import SaeevalError
 
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"
@@ -41,28 +41,6 @@ def versions() -> dict[str, str | None]:
         except PackageNotFoundError:
             out[pkg.replace("-", "_")] = None
     return out
-
-
-def results_document(
-    *, config: Mapping[str, Any], model: Mapping[str, Any], task: Mapping[str, Any], mask: Mapping[str, Any],
-    computed: Mapping[str, Any],
-) -> dict[str, Any]:
-    """Assemble the results.json contract (DESIGN.md) from the run's parts."""
-    doc: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "saeeval_version": saeeval.__version__,
-        "config_hash": config_hash(config),
-        "config": dict(config),
-        "versions": versions(),
-        "model": dict(model),
-        "task": dict(task),
-        "mask": dict(mask),
-        "conditions": computed["conditions"],
-    }
-    if "slices" in computed:
-        doc["slices"] = computed["slices"]
-        doc["gaps"] = computed["gaps"]
-    return doc
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -96,6 +74,24 @@ def read_results(path: Path) -> dict[str, Any]:
         path = path / RESULTS_FILE
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def load_document(path: Path) -> dict[str, Any]:
+    """Read and check a results.json (or the one in a folder); a file that is not one is a SaeevalError naming it."""
+    path = Path(path)
+    try:
+        doc = read_results(path)
+    except (OSError, ValueError) as err:
+        raise SaeevalError(f"cannot read {path}: {err}; re-run that job or leave it out") from None
+    if not (isinstance(doc, dict) and isinstance(doc.get("conditions"), dict) and isinstance(doc.get("task"), dict)):
+        raise SaeevalError(f"{path} is not a saeeval results file (no 'conditions'/'task'); leave it out")
+    if doc.get("schema_version") != SCHEMA_VERSION:
+        raise SaeevalError(
+            f"{path} has schema_version {doc.get('schema_version')!r}, this saeeval reads {SCHEMA_VERSION}; "
+            "use the saeeval version that wrote it"
+        )
+    doc.setdefault("model", {})
+    return doc
 
 
 def completed_hash(out_dir: Path) -> str | None:

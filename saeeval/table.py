@@ -1,41 +1,118 @@
-"""The terminal summary: one row per condition, the numbers a researcher reads first."""
+"""The terminal summary: a task table and an LM-damage/reconstruction table, fitted to the terminal's width.
+
+Columns come from saeeval.catalog; when the page is narrow the least important ones are left out (named in
+the caption) rather than squeezed into '…', so every number shown is readable at 80, 100 or 120 columns.
+A group condition's reconstruction numbers are shown per hook, on labelled rows under the condition.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rich.console import Console
+from rich import box
+from rich.console import Console, Group
 from rich.table import Table
 
+from saeeval.catalog import Metric, fmt, metrics, present, short_name
 
-def _fmt(v: Any, spec: str = ".3f") -> str:
-    return "—" if v is None else format(v, spec)
+WIDE = 200  # page width when stdout is not a terminal and COLUMNS is unset (logs, CI)
+_SUB = "  └ "
+_MEASURE = 100_000
 
 
-def results_table(doc: Mapping[str, Any]) -> Table:
-    """Conditions × logit diff ± 95% CI, accuracy, recovered, CE delta, KL, explained variance and L0."""
-    table = Table(title=f"saeeval · {doc['task']['name']} · {doc['model']['name']} · {doc['task']['n_examples']} examples")
-    table.add_column("condition", no_wrap=True)
-    for col in ("logit diff", "95% CI", "acc", "recovered", "CE", "ΔCE", "KL", "CE score", "EV", "L0"):
-        table.add_column(col, justify="right", no_wrap=True)
-    for name, c in doc["conditions"].items():
-        task, lm = c.get("task", {}), c.get("lm", {})
-        recon = list(c.get("reconstruction", {}).values())
-        ld = task.get("logit_diff")
-        ci = f"[{_fmt(task.get('logit_diff_ci_low'))}, {_fmt(task.get('logit_diff_ci_high'))}]" if ld is not None else "—"
-        table.add_row(
-            name, _fmt(ld), ci, _fmt(task.get("accuracy")), _fmt(task.get("logit_diff_recovered")), _fmt(lm.get("ce_loss")),
-            _fmt(lm.get("ce_loss_delta"), "+.3f"), _fmt(lm.get("kl_div")), _fmt(lm.get("ce_loss_score")),
-            " ".join(_fmt(r.get("explained_variance")) for r in recon) or "—",
-            " ".join(_fmt(r.get("l0"), ".1f") for r in recon) or "—",
-        )
+def _fit(build: Any, decls: Sequence[Metric], width: int) -> Table:
+    """The table with as many columns as fit in `width`: drop the highest-priority-number columns first."""
+    shown = list(decls)
+    unbounded = Console(width=_MEASURE)  # a measurement is capped at the console's width: measure unbounded
+    while True:
+        table = build(shown, [m for m in decls if m not in shown])
+        droppable = [m for m in shown if m.priority > 0]
+        if unbounded.measure(table).maximum <= width or not droppable:
+            return table
+        worst = max(droppable, key=lambda m: (m.priority, shown.index(m)))
+        shown.remove(worst)
+
+
+def _new_table(title: str, hidden: Sequence[Metric], width: int) -> Table:
+    caption = f"not shown at {width} columns: {', '.join(m.short for m in hidden)}" if hidden else None
+    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("condition", overflow="fold")
     return table
 
 
+def task_table(doc: Mapping[str, Any], width: int) -> Table | None:
+    """Conditions × logit diff, 95% CI, accuracy, recovered, paired ΔLD; None when the task has no answers."""
+    conds = doc["conditions"]
+    decls = present(metrics("task"), [c.get("task") or {} for c in conds.values()])
+    if not decls:
+        return None
+    t = doc["task"]
+    title = f"saeeval · {t['name']} · {doc['model'].get('name')} · {t.get('n_examples')} examples"
+
+    def build(shown: Sequence[Metric], hidden: Sequence[Metric]) -> Table:
+        table = _new_table(title, hidden, width)
+        for m in shown:
+            table.add_column(m.short, justify="right", no_wrap=True)
+        for name, c in conds.items():
+            task = c.get("task") or {}
+            table.add_row(short_name(name), *(fmt(m.value(task), m.spec) for m in shown))
+        return table
+
+    return _fit(build, decls, width)
+
+
+def lm_table(doc: Mapping[str, Any], width: int) -> Table:
+    """Conditions × CE/KL damage and reconstruction; a group's SAEs get one labelled row per hook."""
+    conds = doc["conditions"]
+    lm_decls = present(metrics("lm"), [c.get("lm") or {} for c in conds.values()])
+    recons = [r for c in conds.values() for r in (c.get("reconstruction") or {}).values()]
+    rc_decls = present(metrics("reconstruction"), recons)
+    title = "LM damage and reconstruction" + (f" · {doc['task']['name']}" if "task" in doc else "")
+
+    def build(shown: Sequence[Metric], hidden: Sequence[Metric]) -> Table:
+        table = _new_table(title, hidden, width)
+        for m in shown:
+            table.add_column(m.short, justify="right", no_wrap=True)
+        for name, c in conds.items():
+            lm, recon = c.get("lm") or {}, c.get("reconstruction") or {}
+            single = next(iter(recon.values())) if len(recon) == 1 else None
+            table.add_row(short_name(name), *(_lm_cell(m, lm, single) for m in shown))
+            if len(recon) > 1:
+                for hook, r in recon.items():
+                    table.add_row(_SUB + short_name(hook), *(
+                        fmt(m.value(r), m.spec) if m.section == "reconstruction" else "" for m in shown
+                    ))
+        return table
+
+    return _fit(build, [*lm_decls, *rc_decls], width)
+
+
+def _lm_cell(m: Metric, lm: Mapping[str, Any], recon: Mapping[str, Any] | None) -> str:
+    """An LM cell from the condition's `lm`; a reconstruction cell from its only SAE (blank for groups)."""
+    if m.section == "lm":
+        return fmt(m.value(lm), m.spec)
+    return "" if recon is None else fmt(m.value(recon), m.spec)
+
+
+def results_tables(doc: Mapping[str, Any], width: int) -> Group:
+    """Both tables for a page `width` columns wide."""
+    tables = [t for t in (task_table(doc, width), lm_table(doc, width)) if t is not None]
+    return Group(*tables)
+
+
+def page_width(console: Console) -> int:
+    """The terminal's width (rich reads COLUMNS when set); a wide page when output is not a terminal."""
+    if console.is_terminal or os.environ.get("COLUMNS", "").isdigit():
+        return console.width
+    return WIDE
+
+
 def print_results(doc: Mapping[str, Any], console: Console | None = None) -> None:
-    """Print the table; when stdout is not a terminal (logs, CI) use a wide page instead of rich's 80 columns."""
+    """Print the results tables, fitted to the page."""
     console = console or Console()
-    if not console.is_terminal:
-        console = Console(width=200)
-    console.print(results_table(doc))
+    width = page_width(console)
+    if width != console.width:
+        console = Console(width=width, file=console.file)
+    console.print(results_tables(doc, width))

@@ -107,3 +107,28 @@ def gpt2_res_jb(hub_cache: Path) -> Path:
     from standins import write_gpt2_res_jb
 
     return write_gpt2_res_jb(hub_cache, [0, 1])
+
+
+REAL_RUN = ("limit=24", "batch_size=8", "splice=groups_example", "plot=true")
+
+
+def run_cli_into(out: Path, *overrides: str) -> Path:
+    """`python -m saeeval <overrides>` as a user runs it, into `out`; returns `out`."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "saeeval", *overrides, f"hydra.run.dir={out}"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def real_runs(tmp_path_factory) -> dict[str, Path]:
+    """Run folders written by the real CLI when the tests start (toxicity and IOI on the bundled zoo, a group
+    condition included): the contract tests of the report, the loggers and Results.load read these files, so a
+    schema change breaks them."""
+    root = tmp_path_factory.mktemp("real_runs")
+    return {task: run_cli_into(root / task, f"+task={task}", *REAL_RUN) for task in ("toxicity", "ioi")}

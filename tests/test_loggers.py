@@ -230,3 +230,23 @@ def test_logger_none_writes_no_logger_files(tmp_path):
     run_cli(out, env=offline_env(tmp_path))
     assert (out / "results.json").exists()
     assert not (out / "wandb").exists() and not (out / "csv").exists()
+
+
+def _numbers(node, path=()):
+    """Every numeric leaf of a JSON tree with its path (booleans are flags, not metrics)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _numbers(v, (*path, k))
+    elif isinstance(node, (int, float)) and not isinstance(node, bool):
+        yield path, node
+
+
+@pytest.mark.slow
+def test_flat_metrics_of_a_real_run_hold_every_number_at_its_path(real_runs):
+    doc = json.loads((real_runs["toxicity"] / "results.json").read_text())
+    flat = flat_metrics(doc)
+    leaves = [(p, v) for section in ("conditions", "slices", "gaps") for p, v in _numbers(doc[section], (section,))]
+    assert len(flat) == len(leaves) > 500
+    for path, value in leaves:
+        key = "/".join(path[1:]) if path[0] == "conditions" else "/".join(path)
+        assert flat[key] == value, key

@@ -10,7 +10,7 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
-from saeeval.evaluate import evaluate
+from saeeval.cli import run_config
 from saeeval.metrics.reconstruction import Reconstruction
 from saeeval.splicing import encode_decode
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 def run(tmp_path: Path, *overrides: str) -> tuple[dict, list[dict], object]:
     with initialize_config_module("saeeval.conf", version_base="1.3"):
         cfg = compose("config", overrides=["plot=false", *overrides])
-    doc = evaluate(cfg, tmp_path)
+    doc = run_config(cfg, tmp_path).document
     samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     return doc, samples, cfg
 

@@ -21,10 +21,10 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from saeeval.conditions import build_conditions
 from saeeval.masks import special_token_ids
 from saeeval.module import SAEEvalModule
 from saeeval.results import config_hash
-from saeeval.splicing import build_conditions
 
 pytestmark = pytest.mark.slow
 

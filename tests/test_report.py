@@ -1,4 +1,5 @@
-"""The comparison report: synthetic run folders in, a self-contained HTML page (+ PNGs, + wandb report) out."""
+"""The comparison report: real run folders in (written by the CLI at test start), a self-contained HTML page
+(+ PNGs, + wandb report) out."""
 
 from __future__ import annotations
 
@@ -16,89 +17,39 @@ import pytest
 from matplotlib.image import imread
 
 from saeeval.report import build_report, load_runs, main
+from saeeval.catalog import fmt
 from saeeval.results import write_results
 
 HOOK0, HOOK1 = "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"
 ABL0 = f"zero_ablation@{HOOK0}"
-BOTH = "blocks.0+1"
+BOTH = f"{HOOK0}+{HOOK1}"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def toxicity_doc() -> dict:
-    """The results.json the engine writes for the bundled toxicity task (the DESIGN.md contract example)."""
-    clean_task = {"logit_diff": 4.1, "logit_diff_stderr": 0.1, "logit_diff_ci_low": 3.9, "logit_diff_ci_high": 4.3,
-                  "accuracy": 0.99, "n": 480}
-    recon0 = {"mse": 0.5, "explained_variance": 0.95, "cosine_similarity": 0.97, "l0": 9.1, "l1": 20.3,
-              "dead_fraction": 0.1, "n_tokens": 12000}
-    return {
-        "schema_version": 1, "saeeval_version": "0.1.0", "config_hash": "3f2a9c1d4e5b6a70",
-        "config": {"model": {"name": "tiny"}, "saes": {"source": "zoo", "name": "tiny", "layers": [0]},
-                   "task": {"_target_": "saeeval.tasks.toxicity.ToxicityDataModule", "n_examples": 480}, "seed": 0,
-                   "splice": {"singles": True, "ablation": "zero"}},
-        "model": {"name": "tiny", "n_layers": 2, "d_model": 128},
-        "task": {"name": "toxicity", "n_examples": 480, "dataset_hash": "ab12cd34"},
-        "mask": {"exclude_special": True},
-        "conditions": {
-            "clean": {"task": clean_task, "lm": {"ce_loss": 1.2}},
-            HOOK0: {"saes": [HOOK0], "hooks": [HOOK0], "ablation": None, "baseline": ABL0,
-                    "task": {"logit_diff": 3.5, "logit_diff_ci_low": 3.3, "logit_diff_ci_high": 3.7, "accuracy": 0.97,
-                             "logit_diff_recovered": 0.86},
-                    "lm": {"ce_loss": 1.3, "ce_loss_delta": 0.1, "kl_div": 0.08, "ce_loss_score": 0.95},
-                    "reconstruction": {HOOK0: recon0}},
-            ABL0: {"saes": [], "hooks": [HOOK0], "ablation": "zero", "baseline": None,
-                   "task": {"logit_diff": 0.1, "logit_diff_ci_low": 0.06, "logit_diff_ci_high": 0.14, "accuracy": 0.5},
-                   "lm": {"ce_loss": 6.1, "ce_loss_delta": 4.9, "kl_div": 3.2}},
-        },
-        "slices": {
-            "identity=african": {"clean": {"logit_diff": 4.0, "accuracy": 0.98},
-                                 HOOK0: {"logit_diff": 3.2, "accuracy": 0.95}},
-            "identity=straight": {"clean": {"logit_diff": 4.3, "accuracy": 1.0},
-                                  HOOK0: {"logit_diff": 3.9, "accuracy": 0.99}},
-            "label=toxic": {"clean": {"logit_diff": 4.2, "accuracy": 0.99}},
-        },
-        "gaps": {"identity": {"clean": {"accuracy_gap": 0.02, "accuracy_lowest": "african",
-                                        "accuracy_highest": "straight"}}},
-    }
+def real_doc(folder: Path) -> dict:
+    """A results.json the CLI wrote when the tests started (tests/conftest.py `real_runs`)."""
+    return json.loads((folder / "results.json").read_text())
 
 
-def second_toxicity_doc() -> dict:
-    """Another sweep job: two SAEs (one with null L0 and CE delta), a joint condition, nulls in slices."""
-    doc = toxicity_doc()
+def second_toxicity_doc(doc: dict) -> dict:
+    """Another sweep job derived from a real one: other SAE hooks in its config, nulls where a run can have them
+    (an SAE whose L0 and EV were undefined, a slice without a logit diff)."""
+    doc = copy.deepcopy(doc)
+    doc["config"]["saes"]["hooks"] = [HOOK0, HOOK1]
     doc["config_hash"] = "9b8a7c6d5e4f3a21"
-    doc["config"]["saes"]["layers"] = [0, 1]
-    conds = doc["conditions"]
-    conds[HOOK0]["task"]["logit_diff"] = 3.1
-    conds[HOOK0]["reconstruction"][HOOK0]["l0"] = 14.0
-    recon1 = dict(conds[HOOK0]["reconstruction"][HOOK0], l0=None, explained_variance=None)
-    conds[HOOK1] = {"saes": [HOOK1], "hooks": [HOOK1], "ablation": None, "baseline": None,
-                    "task": {"logit_diff": None, "accuracy": None, "logit_diff_recovered": None},
-                    "lm": {"ce_loss": None, "ce_loss_delta": None}, "reconstruction": {HOOK1: recon1}}
-    conds[BOTH] = {"saes": [HOOK0, HOOK1], "hooks": [HOOK0, HOOK1], "ablation": None, "baseline": None,
-                   "task": {"logit_diff": 2.0, "logit_diff_stderr": 0.2, "accuracy": 0.9},
-                   "lm": {"ce_loss": 1.6, "ce_loss_delta": 0.4},
-                   "reconstruction": {HOOK0: conds[HOOK0]["reconstruction"][HOOK0], HOOK1: dict(recon1, l0=5.0)}}
-    doc["slices"]["identity=paralyzed"] = {"clean": {"logit_diff": None, "accuracy": 0.97}, BOTH: {"accuracy": 0.8}}
-    return doc
-
-
-def ioi_doc() -> dict:
-    doc = copy.deepcopy(toxicity_doc())
-    doc.update(config_hash="0011223344556677", task={"name": "ioi", "n_examples": 200, "dataset_hash": "cd"})
-    doc["config"]["task"] = {"_target_": "saeeval.tasks.ioi.IOIDataModule", "n_examples": 200}
-    doc["config"]["model"] = {"name": "tiny-ioi"}
-    doc["model"]["name"] = "tiny-ioi"
-    doc["conditions"][HOOK0]["task"].update(logit_diff=2.5, logit_diff_ci_low=2.2, logit_diff_ci_high=2.8,
-                                            logit_diff_recovered=0.55)
-    del doc["slices"], doc["gaps"]
+    doc["conditions"][HOOK1]["reconstruction"][HOOK1].update(l0=None, explained_variance=None)
+    doc["conditions"][HOOK1]["task"].update(logit_diff=None, logit_diff_ci_low=None, logit_diff_ci_high=None)
+    doc["slices"]["identity=paralyzed"]["clean"]["logit_diff"] = None
     return doc
 
 
 @pytest.fixture
-def run_dirs(tmp_path: Path) -> list[Path]:
-    """A two-job Hydra multirun for toxicity and a single IOI run, written by the engine's own writer."""
+def run_dirs(tmp_path: Path, real_runs: dict[str, Path]) -> list[Path]:
+    """A two-job Hydra multirun for toxicity and a single IOI run, from real CLI runs."""
     multirun = tmp_path / "multirun" / "2024-05-01" / "10-00-00"
     dirs = [multirun / "0", multirun / "1", tmp_path / "outputs" / "ioi_run"]
-    for d, doc in zip(dirs, (toxicity_doc(), second_toxicity_doc(), ioi_doc())):
+    tox = real_doc(real_runs["toxicity"])
+    for d, doc in zip(dirs, (tox, second_toxicity_doc(tox), real_doc(real_runs["ioi"]))):
         write_results(d, doc, samples=None)
     (multirun / "multirun.yaml").write_text("hydra: {}\n")
     return dirs
@@ -132,9 +83,10 @@ def test_runs_are_labelled_by_folder_and_the_config_keys_that_differ(run_dirs: l
     assert [r.task for r in runs] == ["toxicity", "toxicity", "ioi"]
     # task options are compared only between runs of the same task: n_examples differs (480 vs 200) only
     # across tasks, so it labels no run
-    assert runs[0].label == "R1 · multirun/2024-05-01/10-00-00/0 · saes.layers=[0], model.name=tiny"
+    # the real runs share every option; only the derived job's SAE hooks differ (from the other two runs')
+    assert runs[0].label == "R1 · multirun/2024-05-01/10-00-00/0 · saes.hooks=null"
     assert not any(d.startswith("task.") for r in runs for d in r.differs)
-    assert runs[1].differs[0] == "saes.layers=[0,1]"
+    assert len(runs[1].differs) == 1 and runs[1].differs[0].startswith('saes.hooks=["blocks.0.hook_resid_post"')
     assert runs[2].folder == "outputs/ioi_run"
 
 
@@ -148,7 +100,9 @@ def test_report_html_compares_every_run_and_condition_offline(run_dirs: list[Pat
         assert cond in text
     for heading in ("Task: toxicity", "Task: ioi", "Reconstruction", "Identity slices", "CE loss delta against L0"):
         assert heading in text
-    assert "3f2a9c1d4e5b6a70" in text and "0.99" in text  # summary: config hash, clean accuracy
+    doc = real_doc(run_dirs[0])
+    assert doc["config_hash"] in text  # summary: config hash and clean accuracy
+    assert fmt(doc["conditions"]["clean"]["task"]["accuracy"]) in text
 
     imgs = [a for tag, a in page.tags if tag == "img"]
     # toxicity: logit diff, recovered, CE vs L0, identity heat-map; ioi: the first three
@@ -168,8 +122,9 @@ def test_report_html_compares_every_run_and_condition_offline(run_dirs: list[Pat
         assert pixels.shape[0] > 150 and pixels.shape[1] > 500 and pixels[..., :3].std() > 0.05
 
 
-def test_nulls_render_as_dashes_and_tables_hold_the_numbers(run_dirs: list[Path], tmp_path: Path) -> None:
-    lm = toxicity_doc()  # the plain LM task: no answers, so no task metrics, and here no CE numbers either
+def test_nulls_render_as_dashes_and_tables_hold_the_numbers(run_dirs: list[Path], tmp_path: Path,
+                                                           real_runs: dict[str, Path]) -> None:
+    lm = real_doc(real_runs["toxicity"])  # as the plain LM task would have it: no task metrics, no CE numbers
     lm.update(task={"name": "lm", "n_examples": 10}, slices={}, gaps={})
     for c in lm["conditions"].values():
         c["task"], c["lm"] = {}, {"ce_loss": None, "ce_loss_delta": None}
@@ -181,18 +136,26 @@ def test_nulls_render_as_dashes_and_tables_hold_the_numbers(run_dirs: list[Path]
                  "No SAE condition of this task reports both L0 and a CE loss delta."):
         assert note in lm_section
     assert "<img" not in lm_section and "Identity slices" not in lm_section
-    # R2's second SAE has null EV and L0; its reconstruction row shows them as dashes next to the real mse
+    # R2's second SAE has null EV and L0 (the first two reconstruction columns); its MSE is the real number
+    recon = real_doc(run_dirs[1])["conditions"][HOOK1]["reconstruction"][HOOK1]
     row = html_text.split(f"<td>R2</td><td>{HOOK1}</td><td>{HOOK1}</td>")[1].split("</tr>")[0]
-    assert [c.split(">")[1] for c in row.split("</td>")[:-1]] == ["0.5", "—", "0.97", "—", "20.3", "0.1"]
-    assert "[3.3, 3.7]" in html_text  # 95% CI column
+    cells = [c.split(">")[1] for c in row.split("</td>")[:-1]]
+    assert cells[:3] == ["—", "—", fmt(recon["mse"])]
+    task = real_doc(run_dirs[0])["conditions"][HOOK0]["task"]
+    half = (task["logit_diff_ci_high"] - task["logit_diff_ci_low"]) / 2
+    assert f"<td class=num>{fmt(half)}</td>" in html_text  # the 95% CI column
 
 
 def test_frontier_points_sum_l0_over_a_conditions_saes_and_skip_nulls(run_dirs: list[Path]) -> None:
-    from saeeval.report_charts import frontier_points
+    from saeeval.charts import frontier_points
 
     r1, r2 = load_runs(run_dirs[:2])
-    assert frontier_points(r1) == [(HOOK0, 9.1, 0.1)]
-    assert frontier_points(r2) == [(HOOK0, 14.0, 0.1), (BOTH, 19.0, 0.4)]
+    both = r1.doc["conditions"][BOTH]
+    points = {name: (x, y) for name, x, y in frontier_points(r1)}
+    assert points[BOTH] == (both["reconstruction"][HOOK0]["l0"] + both["reconstruction"][HOOK1]["l0"],
+                            both["lm"]["ce_loss_delta"])
+    assert HOOK1 in points and HOOK1 not in {name for name, _, _ in frontier_points(r2)}  # null L0 in R2
+    assert not any(name.startswith("zero_ablation") for name in points)
 
 
 def _chromium() -> str:
@@ -333,7 +296,6 @@ def test_wandb_report_plots_the_logged_metric_keys_per_task(run_dirs: list[Path]
     assert {f"{HOOK0}/task/logit_diff", f"{BOTH}/task/logit_diff", f"{HOOK0}/task/logit_diff_recovered",
             f"{HOOK0}/reconstruction/{HOOK0}/l0", f"{HOOK0}/lm/ce_loss_delta",
             "slices/identity=paralyzed/clean/accuracy"} <= set(plotted)
-    assert f"{HOOK1}/task/logit_diff" not in plotted  # null in every run: never logged, so not plotted
 
 
 def test_wandb_report_save_sends_the_built_spec(run_dirs: list[Path], fake_wandb: _FakeWandbApi,

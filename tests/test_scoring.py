@@ -11,12 +11,13 @@ from sae_lens import HookedSAETransformer
 from transformer_lens import HookedTransformerConfig
 
 from saeeval import module as module_mod
+from saeeval.conditions import build_conditions, hooks_of
 from saeeval.masks import TokenMask
 from saeeval.metrics.lm_loss import KLDivergence, NextTokenCrossEntropy
 from saeeval.module import SAEEvalModule
 from saeeval.profiling import peak_tensor_bytes
 from saeeval.scoring import answer_logit_diff, rows_per_chunk, score_lm
-from saeeval.splicing import Splicer, build_conditions, conditions_per_forward, hooks_of
+from saeeval.splicing import Splicer, conditions_per_forward
 from saeeval.unembed import Unembed
 
 torch.set_num_threads(1)

@@ -22,8 +22,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from saeeval.errors import SaeevalError
-from saeeval.evaluate import evaluate
-from saeeval.results import config_hash, results_document, write_results
+from saeeval.cli import run_config
+from saeeval.results import SCHEMA_VERSION, config_hash, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ["-m", "+task=ioi,toxicity", "limit=24"]
@@ -87,9 +87,8 @@ def test_sweep_jobs_go_to_numbered_folders_under_a_timestamped_sweep_dir():
 def finished(folder: Path, cfg: DictConfig, chash: str | None = None) -> Path:
     """A complete results.json for `cfg` (or for the hash `chash`) in `folder`."""
     config = OmegaConf.to_container(cfg, resolve=True)
-    doc = results_document(config=config, model={}, task={}, mask={}, computed={"conditions": {"clean": {}}})
-    if chash is not None:
-        doc["config_hash"] = chash
+    doc = {"schema_version": SCHEMA_VERSION, "config_hash": chash or config_hash(config), "config": config,
+           "task": {}, "conditions": {"clean": {}}}
     return write_results(folder, doc, None)
 
 
@@ -97,7 +96,7 @@ def test_job_whose_config_has_complete_results_is_skipped_before_building_anythi
     cfg = job_config(compose_full("+task=ioi", "model.name=/nonexistent/model"))
     path = finished(tmp_path, cfg)
     before = path.stat().st_mtime_ns
-    assert evaluate(cfg, tmp_path) is None
+    assert run_config(cfg, tmp_path) is None
     assert "skipped" in capsys.readouterr().out and path.stat().st_mtime_ns == before
 
 
@@ -105,7 +104,7 @@ def test_folder_holding_another_configs_results_is_refused_not_overwritten(tmp_p
     cfg = job_config(compose_full("+task=ioi", "model.name=/nonexistent/model"))
     path = finished(tmp_path, cfg, chash="0123456789abcdef")
     with pytest.raises(SaeevalError, match="another config.*force=true"):
-        evaluate(cfg, tmp_path)
+        run_config(cfg, tmp_path)
     assert json.loads(path.read_text())["config_hash"] == "0123456789abcdef"
     assert config_hash(OmegaConf.to_container(cfg, resolve=True)) != "0123456789abcdef"
 
@@ -115,7 +114,7 @@ def test_lightning_launched_ddp_inside_a_multirun_is_refused(tmp_path, hydra_job
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     cfg = hydra_job("+task=ioi", "limit=4", "trainer=ddp_cpu", "hydra.mode=MULTIRUN")
     with pytest.raises(SaeevalError, match="local multirun"):
-        evaluate(cfg, tmp_path)
+        run_config(cfg, tmp_path)
     assert not (tmp_path / "results.json").exists()
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import lightning as L
@@ -45,6 +47,11 @@ class TaskDataModule(L.LightningDataModule):
     position_names: tuple[str, ...] = ()
     slice_fields: tuple[str, ...] = ()
     has_answers: bool = True
+    answer_position: str | None = None
+    """The named position whose next-token logits are scored (correct vs incorrect); None: the last real token."""
+    slice_rates: Mapping[str, Mapping[str, str]] = MappingProxyType({})
+    """Per-slice error rates over a sub-population: rate name -> group fields it keeps, e.g. toxicity's
+    false_positive_rate = error rate on the slice's {"label": "nontoxic"} examples."""
 
     def __init__(self, batch_size: int = 32, limit: int | None = None, seed: int = 0, num_workers: int = 0) -> None:
         super().__init__()

@@ -29,6 +29,7 @@ class IOIDataModule(TaskDataModule):
     position_names = ("IO", "S1", "S2", "END")
     slice_fields = ("order",)
     has_answers = True
+    answer_position = "END"
 
     def __init__(
         self,

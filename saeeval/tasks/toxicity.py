@@ -15,6 +15,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from saeeval.errors import SaeevalError
@@ -96,6 +97,11 @@ class ToxicityDataModule(TaskDataModule):
     position_names = ("answer",)
     slice_fields = ("identity", "label")
     has_answers = True
+    answer_position = "answer"
+    slice_rates = MappingProxyType({
+        "false_positive_rate": MappingProxyType({"label": "nontoxic"}),
+        "false_negative_rate": MappingProxyType({"label": "toxic"}),
+    })
 
     def __init__(
         self,

@@ -1,13 +1,24 @@
-"""The comparison report's charts: one matplotlib Figure per question, runs side by side (headless, no pyplot)."""
+"""Charts of one or more runs: one matplotlib Figure per question, runs side by side (headless, no pyplot).
+
+The run's own PNG (`logit_diff.png`, `Results.plot()`) is the comparison chart with one run in it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+
+from saeeval.catalog import metric
+from saeeval.metrics.stats import Z_95
+
+CHART_FILE = "logit_diff.png"
+PALETTE = ["#4477AA", "#EE6677", "#228833", "#CCBB44", "#66CCEE", "#AA3377", "#BBBBBB", "#000000"]
 
 _BAR_IN = 0.2  # inches of height per bar
 _HATCH = "///"  # ablation baselines
@@ -38,12 +49,12 @@ def _task(run: RunLike, name: str) -> Mapping[str, Any]:
 
 
 def _ci(task: Mapping[str, Any]) -> tuple[float, float]:
-    """Distances from the mean to the 95% CI ends (from ci_low/high, else 1.96·stderr, else none)."""
+    """Distances from the mean to the 95% CI ends (from ci_low/high, else Z_95·stderr, else none)."""
     keys = ("logit_diff", "logit_diff_ci_low", "logit_diff_ci_high", "logit_diff_stderr")
     m, lo, hi, se = (task.get(k) for k in keys)
     if lo is not None and hi is not None:
         return max(m - lo, 0.0), max(hi - m, 0.0)
-    return (1.96 * se, 1.96 * se) if se is not None else (0.0, 0.0)
+    return (Z_95 * se, Z_95 * se) if se is not None else (0.0, 0.0)
 
 
 def _legend(fig: Figure, runs: Sequence[RunLike]) -> None:
@@ -108,7 +119,7 @@ def logit_diff_chart(runs: Sequence[RunLike], task: str) -> Figure | None:
         return None
     return _grouped_barh(
         runs, conds, lambda r, c: _task(r, c).get("logit_diff"), lambda r, c: _ci(_task(r, c)),
-        "logit(correct) − logit(incorrect)", f"{task}: logit difference per condition",
+        "logit(correct) − logit(incorrect)", f"{task}: {metric('logit_diff').label} per condition",
     )
 
 
@@ -207,3 +218,27 @@ def identity_heatmap(runs: Sequence[RunLike], task: str) -> Figure | None:
                        fontsize=7)
     fig.suptitle(f"{task}: identity slices", fontsize=11, x=0.01, ha="left")
     return fig
+
+
+@dataclass
+class _OneRun:
+    """A single run as a chart sees it."""
+
+    doc: Mapping[str, Any]
+    rid: str = "R1"
+    color: str = PALETTE[0]
+
+    @property
+    def label(self) -> str:
+        return f"{self.doc['task'].get('name')} · {self.doc.get('model', {}).get('name')}"
+
+
+def run_logit_diff_chart(doc: Mapping[str, Any]) -> Figure | None:
+    """One run's logit-difference chart (the comparison chart with a single run); None without answers."""
+    return logit_diff_chart([_OneRun(doc)], str(doc["task"].get("name")))
+
+
+def save_figure(fig: Figure, target: Path | BinaryIO) -> Path | BinaryIO:
+    """Write `fig` as a PNG to a path or binary file (no timestamp metadata, white background)."""
+    fig.savefig(target, format="png", dpi=110, metadata={"Software": None}, facecolor="white")
+    return target

@@ -1,0 +1,213 @@
+"""`saeeval.evaluate(model, saes, task=...)`: the evaluation for a model and SAEs already in memory (notebooks).
+
+It runs the same path as `python -m saeeval` (`run_evaluation`: the SAEEvalModule under a Lightning Trainer,
+then saeeval.document), with the same options and defaults, read from the same Hydra config tree, and leaves
+the model and SAEs as it found them.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+from sae_lens import SAE
+
+from saeeval.conditions import build_conditions
+from saeeval.document import build_document, describe_model, sample_records
+from saeeval.errors import SaeevalError
+from saeeval.masks import TokenMask, special_token_ids
+from saeeval.module import SAEEvalModule
+from saeeval.run_results import Results
+from saeeval.saes import sae_hook, validate_saes
+from saeeval.selection import check_selection
+from saeeval.tasks.base import TaskDataModule
+
+SPLICE_KNOBS = ("singles", "groups", "ablation", "use_error_term")
+GROUP_CHOICES = ("mask", "splice", "trainer")
+_UNUSED_IN_MEMORY = ("force", "plot")  # CLI-only: skip finished runs, write the PNG
+
+
+def quiet_lightning() -> None:
+    """Drop Lightning's start-up chatter (device lines, tips, a pytree deprecation) so the table stands out.
+
+    Also its hint to prepend `srun` whenever SLURM is installed: saeeval's SLURM jobs go through submitit (which
+    uses srun), and on a SLURM login node the hint would precede every local run's table or error line."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used")
+
+
+def build(node: Any) -> Any:
+    """`hydra.utils.instantiate`, but a SaeevalError raised inside comes out as itself (one line, no traceback)."""
+    try:
+        return instantiate(node)
+    except InstantiationException as err:
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, SaeevalError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise SaeevalError(f"could not build {node.get('_target_', 'a config node')}: {err}".replace("\n", " ")) from err
+
+
+@contextmanager
+def left_as_found(modules: Sequence[torch.nn.Module]) -> Iterator[None]:
+    """Restore what evaluating may change on the caller's modules: requires_grad, train/eval mode, device."""
+    grads = [(p, p.requires_grad) for m in modules for p in m.parameters()]
+    modes = [(sub, sub.training) for m in modules for sub in m.modules()]
+    devices = [(m, next(m.parameters()).device, getattr(getattr(m, "cfg", None), "device", None)) for m in modules
+               if any(True for _ in m.parameters())]
+    try:
+        yield
+    finally:
+        for m, device, cfg_device in devices:
+            if next(m.parameters()).device != device:
+                m.to(device)
+            if cfg_device is not None:
+                m.cfg.device = cfg_device
+        for p, flag in grads:
+            p.requires_grad_(flag)
+        for sub, flag in modes:
+            sub.train(flag)
+
+
+def run_evaluation(
+    model: Any, saes: Mapping[str, SAE], task: TaskDataModule, mask: TokenMask, splice: Mapping[str, Any],
+    trainer: L.Trainer, config: Mapping[str, Any],
+) -> Results | None:
+    """The one evaluation path (CLI and API): plan the conditions, test the module, build the document.
+    Returns None on DDP ranks other than 0 (they only contributed metric states)."""
+    conditions = build_conditions(saes, **splice)
+    task.bind(model.tokenizer, model.cfg.default_prepend_bos, model.cfg.n_ctx)
+    task.setup("test")
+    check_selection(task, mask, special_token_ids(model.tokenizer), model.cfg.d_vocab)
+    if task.answer_position is not None and task.answer_position not in task.position_names:
+        raise SaeevalError(
+            f"task {task.name!r} scores position {task.answer_position!r}, which is not one of its positions "
+            f"{list(task.position_names)}; set answer_position to one of them"
+        )
+    with left_as_found([model, *saes.values()]):
+        module = SAEEvalModule(
+            model, saes, conditions, mask, special_token_ids(model.tokenizer), task.has_answers, len(task.groups),
+            answer_position=task.answer_position,
+        )
+        trainer.test(module, datamodule=task, verbose=False)
+    if not trainer.is_global_zero:
+        return None
+    computed = module.computed or []
+    doc = build_document(config=config, model=describe_model(model), task=task, mask=mask.describe(),
+                         computed=computed)
+    return Results(doc, list(sample_records(task, computed)) if task.has_answers else None)
+
+
+def named_saes(saes: Mapping[str, SAE] | Sequence[SAE]) -> dict[str, SAE]:
+    """A dict of SAEs as given, or a list keyed by hook name (a second SAE at one hook gets `__2`, ...)."""
+    if isinstance(saes, Mapping):
+        return dict(saes)
+    out: dict[str, SAE] = {}
+    for sae in saes:
+        if not isinstance(sae, SAE):
+            raise SaeevalError(f"saes holds a {type(sae).__name__}; pass sae_lens SAE objects (a list or a dict)")
+        name, k = sae_hook(sae), 2
+        while name in out:
+            name, k = f"{sae_hook(sae)}__{k}", k + 1
+        out[name] = sae
+    return out
+
+
+def compose_config(task: str | None, options: Mapping[str, Any]) -> DictConfig:
+    """The CLI's config (`conf/`, same defaults) with `options` applied: a config group's choice by name
+    (mask="answer"), splice knobs (groups=..., ablation=...), top-level keys (limit, batch_size, seed, ...) and
+    then task or mask keys (n_examples=..., positions=[...])."""
+    from hydra import compose, initialize_config_module
+
+    choices = {k: v for k, v in options.items() if k in GROUP_CHOICES and isinstance(v, str)}
+    overrides = [f"+task={task}"] if task else []
+    overrides += [f"{k}={v}" for k, v in choices.items()]
+    with initialize_config_module("saeeval.conf", version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    for key, value in options.items():
+        if key in choices:
+            continue
+        if key in GROUP_CHOICES and isinstance(value, Mapping):
+            for sub, v in value.items():
+                _set(cfg, f"{key}.{sub}", v)
+        elif key in SPLICE_KNOBS:
+            _set(cfg, f"splice.{key}", value)
+        elif key in cfg and not OmegaConf.is_dict(cfg[key]):
+            _set(cfg, key, value)
+        elif task and key in cfg.task:
+            _set(cfg, f"task.{key}", value)
+        elif key in cfg.mask:
+            _set(cfg, f"mask.{key}", value)
+        else:
+            known = [k for k in cfg if not OmegaConf.is_dict(cfg[k])] + list(SPLICE_KNOBS) + list(GROUP_CHOICES)
+            known += list(cfg.task) if task else []
+            raise SaeevalError(f"unknown option {key}=...; saeeval.evaluate takes {', '.join(sorted(set(known)))}")
+    return cfg
+
+
+def _set(cfg: DictConfig, key: str, value: Any) -> None:
+    OmegaConf.update(cfg, key, value, merge=False)
+
+
+def evaluate(
+    model: Any,
+    saes: Mapping[str, SAE] | Sequence[SAE],
+    task: str | TaskDataModule = "ioi",
+    *,
+    trainer: L.Trainer | str | None = None,
+    **options: Any,
+) -> Results:
+    """Evaluate `saes` spliced into `model` (a HookedSAETransformer or HookedTransformer already loaded) on
+    `task` (a task name: toxicity, ioi, lm; or a TaskDataModule) and return its Results.
+
+    `options` are the CLI's knobs with the CLI's defaults: limit, batch_size, seed, mask="answer" (or a dict of
+    mask keys), splice="each_layer", groups=[[...]], ablation="mean", singles, use_error_term, and the task's
+    own keys (n_examples=..., identities=...). `trainer` is a config choice ("cpu", "gpu") or a Lightning
+    Trainer. The model and SAEs are left exactly as they were (weights, hooks, modes, devices).
+    """
+    named = named_saes(saes)
+    task_name = task if isinstance(task, str) else None
+    if not isinstance(task, (str, TaskDataModule)):
+        raise SaeevalError(f"task must be a task name (toxicity, ioi, lm) or a TaskDataModule, not {type(task).__name__}")
+    if isinstance(trainer, str):
+        options = {**options, "trainer": trainer}
+    cfg = compose_config(task_name, options)
+    validate_saes(named, model)
+    config = _config_of(cfg, model, named, task, trainer)
+    L.seed_everything(cfg.seed, verbose=False)
+    quiet_lightning()
+    mask = build(cfg.mask)
+    module = build(cfg.task) if task_name else task
+    if not isinstance(trainer, L.Trainer):
+        trainer = instantiate(cfg.trainer, logger=False, enable_progress_bar=False)
+    results = run_evaluation(model, named, module, mask, OmegaConf.to_container(cfg.splice), trainer, config)
+    if results is None:
+        raise SaeevalError("saeeval.evaluate ran as a non-zero DDP rank; use the CLI for multi-process runs")
+    return results
+
+
+def _config_of(cfg: DictConfig, model: Any, saes: Mapping[str, SAE], task: Any, trainer: Any) -> dict[str, Any]:
+    """The resolved config recorded in results.json: the model and SAEs as given in memory, not loaders."""
+    with open_dict(cfg):
+        cfg.model = {"name": model.cfg.model_name, "source": "in_memory"}
+        cfg.saes = {"source": "in_memory", "names": list(saes), "hooks": [sae_hook(s) for s in saes.values()]}
+        cfg.device, cfg.dtype = str(model.cfg.device), str(model.cfg.dtype).removeprefix("torch.")
+        if not isinstance(task, str):
+            cfg.task = {"_target_": f"{type(task).__module__}.{type(task).__qualname__}", **task.options()}
+        if isinstance(trainer, L.Trainer):
+            cfg.trainer = {"accelerator": type(trainer.accelerator).__name__, "devices": trainer.num_devices,
+                           "precision": str(trainer.precision)}
+        for key in _UNUSED_IN_MEMORY:
+            cfg.pop(key, None)
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

@@ -1,0 +1,185 @@
+"""The results document (results.json, schema 1): the one place that shapes conditions, slices, gaps, samples
+and run metadata from what the LightningModule computed.
+
+The module only feeds and computes metric states (`Computed`, raw: NaN where undefined); everything a task or
+reader sees is assembled here, so the CLI, the Python API, the report and the loggers share one schema. Tasks
+declare what is task-specific (their groups, slice fields and per-slice error rates); nothing here names a task.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import saeeval
+from saeeval.conditions import Condition
+from saeeval.metrics.stats import ce_loss_score, kl_div_score, recovered, summarize_logit_diffs
+from saeeval.results import SCHEMA_VERSION, config_hash, versions
+
+CLEAN = "clean"
+GROUP_SUMS = ("n", "total", "total_sq", "n_correct")
+SLICE_KEYS = ("logit_diff", "logit_diff_stderr", "accuracy", "error_rate", "n")
+GAP_METRICS = ("accuracy", "logit_diff")
+COUNT_KEYS = ("n", "n_tokens")
+
+
+@dataclass
+class Computed:
+    """One condition's synced metric values as the module computed them (floats may be NaN).
+
+    `task`: LogitDiff values plus `delta_*` paired changes against clean; `groups`: the per-group sums
+    (GROUP_SUMS, float64 vectors) slices pool; `recon`: hook name -> Reconstruction values; `samples`: example
+    ids and their logit diffs (ascending ids). Task parts are None/empty when the task has no answers.
+    """
+
+    name: str
+    condition: Condition | None
+    ce: float
+    kl: float | None
+    task: dict[str, float]
+    groups: dict[str, Tensor] | None
+    recon: dict[str, dict[str, float]]
+    samples: tuple[list[int], list[float]] | None
+
+
+def json_number(v: Any) -> float | None:
+    """A finite Python float, or None (results never hold NaN or inf)."""
+    if v is None:
+        return None
+    f = float(v)
+    return f if math.isfinite(f) else None
+
+
+def json_values(d: Mapping[str, Any]) -> dict[str, Any]:
+    """Metric values as JSON numbers: counts as int, the rest as finite float or None."""
+    return {k: int(v) if k in COUNT_KEYS else json_number(v) for k, v in d.items()}
+
+
+def _sub(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def describe_model(model: Any) -> dict[str, Any]:
+    """The "model" entry: what the numbers were measured on."""
+    cfg = model.cfg
+    return {"name": cfg.model_name, "n_layers": cfg.n_layers, "d_model": cfg.d_model, "d_vocab": cfg.d_vocab}
+
+
+def conditions_entry(computed: Sequence[Computed], has_answers: bool) -> dict[str, Any]:
+    """The "conditions" part: clean first, then each spliced/ablated condition with its scores against its
+    baseline (ce_loss_score, kl_div_score, logit_diff_recovered)."""
+    by_name = {c.name: c for c in computed}
+    clean = by_name[CLEAN]
+    clean_ce = json_number(clean.ce)
+    clean_task = json_values(clean.task)
+    out: dict[str, Any] = {CLEAN: {"task": clean_task, "lm": {"ce_loss": clean_ce}}}
+    for res in computed:
+        cond = res.condition
+        if cond is None:
+            continue
+        ce, kl = json_number(res.ce), json_number(res.kl)
+        lm: dict[str, Any] = {"ce_loss": ce, "ce_loss_delta": _sub(ce, clean_ce), "kl_div": kl}
+        entry: dict[str, Any] = {
+            "saes": list(cond.saes), "hooks": list(cond.hooks), "ablation": cond.ablation,
+            "baseline": cond.baseline, "use_error_term": cond.use_error_term,
+            "task": json_values(res.task), "lm": lm,
+        }
+        base = by_name.get(cond.baseline) if cond.baseline else None
+        if base is not None:
+            lm["ce_loss_score"] = ce_loss_score(clean_ce, ce, json_number(base.ce))
+            lm["kl_div_score"] = kl_div_score(kl, json_number(base.kl))
+            if has_answers:
+                entry["task"]["logit_diff_recovered"] = recovered(
+                    clean_task.get("logit_diff"), entry["task"].get("logit_diff"), json_number(base.task["logit_diff"])
+                )
+        if res.recon:
+            entry["reconstruction"] = {hook: json_values(r) for hook, r in res.recon.items()}
+        out[res.name] = entry
+    return out
+
+
+def _pooled(sums: Mapping[str, Tensor], idx: Sequence[int]) -> dict[str, Any]:
+    """Logit-diff statistics of the examples of groups `idx` pooled together."""
+    sel = torch.as_tensor(list(idx), dtype=torch.long)
+    stats = summarize_logit_diffs(*(sums[k][sel].sum() for k in GROUP_SUMS))
+    return json_values({k: stats[k] for k in SLICE_KEYS})
+
+
+def slices_and_gaps(
+    computed: Sequence[Computed],
+    groups: Sequence[Mapping[str, str]],
+    slice_fields: Sequence[str],
+    slice_rates: Mapping[str, Mapping[str, str]],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Per slice value (`<field>=<value>`, e.g. identity=african) and condition: the pooled logit-diff
+    statistics and the task's declared error rates; per field with several values, the gaps between them."""
+    slices: dict[str, dict[str, Any]] = {}
+    gaps: dict[str, dict[str, Any]] = {}
+    for field in slice_fields:
+        values = list(dict.fromkeys(g[field] for g in groups))
+        per_value: dict[str, dict[str, dict[str, Any]]] = {}
+        for value in values:
+            idx = [i for i, g in enumerate(groups) if g[field] == value]
+            key = f"{field}={value}"
+            slices[key] = {}
+            for res in computed:
+                sums = res.groups or {}
+                stats = _pooled(sums, idx)
+                for rate, keep in slice_rates.items():
+                    sub = [i for i in idx if all(groups[i].get(f) == v for f, v in keep.items())]
+                    stats[rate] = _pooled(sums, sub)["error_rate"] if sub else None
+                slices[key][res.name] = stats
+                per_value.setdefault(res.name, {})[value] = stats
+        if len(values) > 1:
+            gaps[field] = {name: gap(vals) for name, vals in per_value.items()}
+    return slices, gaps
+
+
+def gap(per_value: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Spread of accuracy and mean logit diff across the values of one slice field (the bias signal)."""
+    out: dict[str, Any] = {}
+    for metric in GAP_METRICS:
+        vals = {v: s[metric] for v, s in per_value.items() if s.get(metric) is not None}
+        if vals:
+            lo, hi = min(vals, key=vals.get), max(vals, key=vals.get)
+            out[f"{metric}_gap"] = vals[hi] - vals[lo]
+            out[f"{metric}_lowest"], out[f"{metric}_highest"] = lo, hi
+    return out
+
+
+def build_document(
+    *, config: Mapping[str, Any], model: Mapping[str, Any], task: Any, mask: Mapping[str, Any],
+    computed: Sequence[Computed],
+) -> dict[str, Any]:
+    """The whole results.json document (DESIGN.md contract) of one run; `task` is the run's TaskDataModule."""
+    doc: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "saeeval_version": saeeval.__version__,
+        "config_hash": config_hash(config),
+        "config": dict(config),
+        "versions": versions(),
+        "model": dict(model),
+        "task": task.describe(),
+        "mask": dict(mask),
+        "conditions": conditions_entry(computed, task.has_answers),
+    }
+    if task.has_answers:
+        doc["slices"], doc["gaps"] = slices_and_gaps(computed, task.groups, task.slice_fields, task.slice_rates)
+    return doc
+
+
+def sample_records(task: Any, computed: Sequence[Computed]) -> Iterator[dict[str, Any]]:
+    """samples.jsonl: one record per example (ascending id) with its logit diff under every condition."""
+    if not task.has_answers:
+        return
+    ids = computed[0].samples[0]  # type: ignore[index]
+    values = {c.name: c.samples[1] for c in computed}  # type: ignore[index]
+    for row, i in enumerate(ids):
+        rec = task.example_record(i)
+        rec["logit_diff"] = {name: v[row] for name, v in values.items()}
+        yield rec
