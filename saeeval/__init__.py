@@ -4,13 +4,26 @@
 `python -m saeeval +task=ioi` runs the same evaluation from configs and writes its files.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
+
+from typing import Any
 
 from saeeval.resolvers import register as _register_resolvers
 
+__version__ = "0.1.0"
+__all__ = ["Results", "evaluate", "__version__"]
+
 _register_resolvers()
 
-from saeeval.api import evaluate  # noqa: E402
-from saeeval.run_results import Results  # noqa: E402
 
-__all__ = ["Results", "evaluate", "__version__"]
+def __getattr__(name: str) -> Any:
+    """`saeeval.evaluate` and `saeeval.Results`, imported on first use so `import saeeval` stays light."""
+    if name == "evaluate":
+        from saeeval.api import evaluate
+
+        return evaluate
+    if name == "Results":
+        from saeeval.run_results import Results
+
+        return Results
+    raise AttributeError(f"module 'saeeval' has no attribute {name!r}")

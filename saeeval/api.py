@@ -31,8 +31,9 @@ from saeeval.selection import check_selection
 from saeeval.tasks.base import TaskDataModule
 
 SPLICE_KNOBS = ("singles", "groups", "ablation", "use_error_term")
-GROUP_CHOICES = ("mask", "splice", "trainer")
-_UNUSED_IN_MEMORY = ("force", "plot")  # CLI-only: skip finished runs, write the PNG
+IN_MEMORY = ("model", "saes", "task", "logger", "hydra")  # given as objects, not chosen from the config tree
+FILE_OPTIONS = ("force", "plot")  # skip finished runs, write the PNG: the CLI's files, not in memory
+CLI_ONLY = (*FILE_OPTIONS, "device", "dtype")  # the model given in memory says where and in what it runs
 
 
 def quiet_lightning() -> None:
@@ -124,34 +125,61 @@ def named_saes(saes: Mapping[str, SAE] | Sequence[SAE]) -> dict[str, SAE]:
     return out
 
 
+def config_groups() -> list[str]:
+    """The config groups of the CLI's tree (conf/<group>/ folders: mask, splice, trainer, ...)."""
+    from importlib.resources import files
+
+    return sorted(p.name for p in files("saeeval.conf").iterdir() if p.is_dir() and not p.name.startswith("_"))
+
+
+@contextmanager
+def _config_tree() -> Iterator[None]:
+    """Hydra's compose API on saeeval's config tree, also from inside a running Hydra app (its global state is
+    put back afterwards)."""
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    outer = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module("saeeval.conf", version_base="1.3"):
+            yield
+    finally:
+        if outer is not None:
+            GlobalHydra.instance().initialize(outer)
+
+
 def compose_config(task: str | None, options: Mapping[str, Any]) -> DictConfig:
     """The CLI's config (`conf/`, same defaults) with `options` applied: a config group's choice by name
-    (mask="answer"), splice knobs (groups=..., ablation=...), top-level keys (limit, batch_size, seed, ...) and
-    then task or mask keys (n_examples=..., positions=[...])."""
-    from hydra import compose, initialize_config_module
+    (mask="answer", splice="each_layer") or its keys as a dict (mask={"positions": ["END"]}), splice knobs
+    (groups=..., ablation=...), top-level keys (limit, batch_size, seed, ...), then task or mask keys
+    (n_examples=..., positions=[...])."""
+    from hydra import compose
 
-    choices = {k: v for k, v in options.items() if k in GROUP_CHOICES and isinstance(v, str)}
+    groups = [g for g in config_groups() if g not in IN_MEMORY]
+    choices = {k: v for k, v in options.items() if k in groups and isinstance(v, str)}
     overrides = [f"+task={task}"] if task else []
     overrides += [f"{k}={v}" for k, v in choices.items()]
-    with initialize_config_module("saeeval.conf", version_base="1.3"):
+    with _config_tree():
         cfg = compose("config", overrides=overrides)
     for key, value in options.items():
         if key in choices:
             continue
-        if key in GROUP_CHOICES and isinstance(value, Mapping):
+        if key in groups and isinstance(value, Mapping):
             for sub, v in value.items():
                 _set(cfg, f"{key}.{sub}", v)
         elif key in SPLICE_KNOBS:
             _set(cfg, f"splice.{key}", value)
-        elif key in cfg and not OmegaConf.is_dict(cfg[key]):
+        elif key in cfg and not OmegaConf.is_dict(cfg[key]) and key not in CLI_ONLY:
             _set(cfg, key, value)
         elif task and key in cfg.task:
             _set(cfg, f"task.{key}", value)
         elif key in cfg.mask:
             _set(cfg, f"mask.{key}", value)
         else:
-            known = [k for k in cfg if not OmegaConf.is_dict(cfg[k])] + list(SPLICE_KNOBS) + list(GROUP_CHOICES)
-            known += list(cfg.task) if task else []
+            known = [k for k in cfg if not OmegaConf.is_dict(cfg[k]) and k not in CLI_ONLY]
+            known += [*SPLICE_KNOBS, *groups, *(cfg.task if task else ())]
+            known = [k for k in known if not k.startswith("_")]
             raise SaeevalError(f"unknown option {key}=...; saeeval.evaluate takes {', '.join(sorted(set(known)))}")
     return cfg
 
@@ -173,13 +201,15 @@ def evaluate(
 
     `options` are the CLI's knobs with the CLI's defaults: limit, batch_size, seed, mask="answer" (or a dict of
     mask keys), splice="each_layer", groups=[[...]], ablation="mean", singles, use_error_term, and the task's
-    own keys (n_examples=..., identities=...). `trainer` is a config choice ("cpu", "gpu") or a Lightning
-    Trainer. The model and SAEs are left exactly as they were (weights, hooks, modes, devices).
+    own keys (n_examples=..., identities=...). `trainer` is a config choice ("cpu", "gpu"; default: "gpu" for
+    a model on CUDA, else "cpu") or a Lightning Trainer. The model and SAEs are left exactly as they were (weights, hooks, modes, devices).
     """
     named = named_saes(saes)
     task_name = task if isinstance(task, str) else None
     if not isinstance(task, (str, TaskDataModule)):
         raise SaeevalError(f"task must be a task name (toxicity, ioi, lm) or a TaskDataModule, not {type(task).__name__}")
+    if trainer is None and str(model.cfg.device).startswith("cuda"):
+        trainer = "gpu"
     if isinstance(trainer, str):
         options = {**options, "trainer": trainer}
     cfg = compose_config(task_name, options)
@@ -208,6 +238,6 @@ def _config_of(cfg: DictConfig, model: Any, saes: Mapping[str, SAE], task: Any, 
         if isinstance(trainer, L.Trainer):
             cfg.trainer = {"accelerator": type(trainer.accelerator).__name__, "devices": trainer.num_devices,
                            "precision": str(trainer.precision)}
-        for key in _UNUSED_IN_MEMORY:
+        for key in FILE_OPTIONS:
             cfg.pop(key, None)
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
