@@ -61,24 +61,39 @@ def build(node: Any) -> Any:
 
 
 @contextmanager
-def left_as_found(modules: Sequence[torch.nn.Module]) -> Iterator[None]:
-    """Restore what evaluating may change on the caller's modules: requires_grad, train/eval mode, device."""
+def left_as_found(modules: Sequence[torch.nn.Module], converts_weights: bool = False) -> Iterator[None]:
+    """Restore what evaluating may change on the caller's modules: requires_grad, train/eval mode, device,
+    dtype and the device/dtype bookkeeping of TransformerLens (`cfg`) and sae_lens (`SAE.device/dtype`).
+    `converts_weights`: the trainer's precision casts the weights, so a copy is kept to put back bit for bit."""
     grads = [(p, p.requires_grad) for m in modules for p in m.parameters()]
     modes = [(sub, sub.training) for m in modules for sub in m.modules()]
-    devices = [(m, next(m.parameters()).device, getattr(getattr(m, "cfg", None), "device", None)) for m in modules
-               if any(True for _ in m.parameters())]
+    placed = [(m, next(m.parameters()).device, next(m.parameters()).dtype, _bookkeeping(m)) for m in modules
+              if any(True for _ in m.parameters())]
+    saved = [{k: v.detach().to("cpu", copy=True) for k, v in m.state_dict().items()} for m in modules] \
+        if converts_weights else None
     try:
         yield
     finally:
-        for m, device, cfg_device in devices:
-            if next(m.parameters()).device != device:
-                m.to(device)
-            if cfg_device is not None:
-                m.cfg.device = cfg_device
+        for m, device, dtype, books in placed:
+            param = next(m.parameters())
+            if param.device != device or param.dtype != dtype:
+                torch.nn.Module.to(m, device=device, dtype=dtype)
+            for owner, attr, value in books:
+                setattr(owner, attr, value)
+        if saved is not None:
+            for m, state in zip(modules, saved):
+                m.load_state_dict(state)
         for p, flag in grads:
             p.requires_grad_(flag)
         for sub, flag in modes:
             sub.train(flag)
+
+
+def _bookkeeping(module: torch.nn.Module) -> list[tuple[Any, str, Any]]:
+    """(owner, attribute, value) of the device/dtype records TransformerLens and sae_lens route inputs by."""
+    owners = [o for o in (getattr(module, "cfg", None), module) if o is not None]
+    return [(o, attr, getattr(o, attr)) for o in owners for attr in ("device", "dtype")
+            if attr in getattr(o, "__dict__", {})]
 
 
 def run_evaluation(
@@ -96,12 +111,11 @@ def run_evaluation(
             f"task {task.name!r} scores position {task.answer_position!r}, which is not one of its positions "
             f"{list(task.position_names)}; set answer_position to one of them"
         )
-    with left_as_found([model, *saes.values()]):
-        module = SAEEvalModule(
-            model, saes, conditions, mask, special_token_ids(model.tokenizer), task.has_answers, len(task.groups),
-            answer_position=task.answer_position,
-        )
-        trainer.test(module, datamodule=task, verbose=False)
+    module = SAEEvalModule(
+        model, saes, conditions, mask, special_token_ids(model.tokenizer), task.has_answers, len(task.groups),
+        answer_position=task.answer_position,
+    )
+    trainer.test(module, datamodule=task, verbose=False)
     if not trainer.is_global_zero:
         return None
     computed = module.computed or []
@@ -221,7 +235,9 @@ def evaluate(
     module = build(cfg.task) if task_name else task
     if not isinstance(trainer, L.Trainer):
         trainer = instantiate(cfg.trainer, logger=False, enable_progress_bar=False)
-    results = run_evaluation(model, named, module, mask, OmegaConf.to_container(cfg.splice), trainer, config)
+    converts = str(trainer.precision).endswith("-true") or str(trainer.precision) == "64"
+    with left_as_found([model, *named.values()], converts_weights=converts):
+        results = run_evaluation(model, named, module, mask, OmegaConf.to_container(cfg.splice), trainer, config)
     if results is None:
         raise SaeevalError("saeeval.evaluate ran as a non-zero DDP rank; use the CLI for multi-process runs")
     return results

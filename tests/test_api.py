@@ -154,3 +154,17 @@ def test_answer_position_is_the_tasks_declared_position_not_the_last_token(tmp_p
         assert rec["logit_diff"]["clean"] == pytest.approx(float(logits[ex.correct] - logits[ex.incorrect]), abs=1e-4)
         last = model(torch.tensor([ex.tokens]))[0, -1]
         assert abs(rec["logit_diff"]["clean"] - float(last[ex.correct] - last[ex.incorrect])) > 1e-3
+
+
+def test_a_trainer_whose_precision_casts_the_weights_still_leaves_them_as_they_were():
+    import lightning as L
+
+    model, saes = plain_model(), plain_saes()[:1]
+    before = snapshot(model, saes)
+    trainer = L.Trainer(accelerator="cpu", devices=1, precision="64-true", logger=False, enable_checkpointing=False,
+                        enable_model_summary=False, enable_progress_bar=False, use_distributed_sampler=False)
+    r = saeeval.evaluate(model, saes, "ioi", trainer=trainer, limit=4)
+    assert r.conditions["clean"]["task"]["n"] == 4
+    assert_same_snapshot(before, snapshot(model, saes))
+    assert model.cfg.dtype == torch.float32 and saes[0].dtype == torch.float32
+    assert all(p.dtype == torch.float32 for m in (model, *saes) for p in m.parameters())
