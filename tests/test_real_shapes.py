@@ -18,7 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import make_sae
-from saeeval.splicing import build_conditions
+from saeeval.conditions import build_conditions
 from saeeval.tasks.words import name_adj_rows
 from standins import GEMMA_SPECIAL, write_gemma2_folder
 
