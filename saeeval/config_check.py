@@ -2,7 +2,7 @@
 the type that consumer declares, nothing required is left unset. Each problem is one line with the fix.
 
 The schema is not written twice: a node's valid keys and types are the signature of what consumes it (its
-`_target_`, e.g. `lightning.pytorch.Trainer`; `splicing.build_conditions` for `splice`), and the top level's
+`_target_`, e.g. `lightning.pytorch.Trainer`; `conditions.build_conditions` for `splice`), and the top level's
 are `TOP_LEVEL` below. Plain overrides are passed to Hydra as `++key=value`, so a misspelled key reaches this
 check (one line naming the closest valid key) instead of Hydra's struct error, and `+key=value` is caught too.
 """
@@ -30,7 +30,7 @@ TOP_LEVEL: dict[str, Any] = {
     "seed": int, "batch_size": int, "limit": int | None, "dtype": str, "device": str, "force": bool, "plot": bool,
 }
 # Nodes without a `_target_`: the function their keys are passed to.
-CONSUMERS = {"splice": "saeeval.splicing.build_conditions"}
+CONSUMERS = {"splice": "saeeval.conditions.build_conditions"}
 _REQUIRED_GROUPS = ("model", "saes", "mask", "splice", "trainer")
 _HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
 _INTERPOLATION = re.compile(r"^\$\{([\w.]+)\}$")
