@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from saeeval.catalog import metric
+from saeeval.catalog import metric, short_name
 from saeeval.metrics.stats import Z_95
 
 CHART_FILE = "logit_diff.png"
@@ -101,7 +101,7 @@ def _grouped_barh(
             if v is None and conds[k] in run.doc.get("conditions", {}):
                 ax.text(0, ys[k], " n/a", va="center", ha="left", fontsize=7, color="#777")
     ax.axvline(0, color="#222", linewidth=0.8)
-    ax.set_yticks(range(len(conds)), conds, fontsize=8)
+    ax.set_yticks(range(len(conds)), [short_name(c) for c in conds], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=11, loc="left")
@@ -162,10 +162,10 @@ def frontier_chart(runs: Sequence[RunLike], task: str) -> Figure | None:
         for name, x, y in pts:
             ax.scatter([x], [y], s=52, color=run.color, marker=marker[name], edgecolor="white", linewidth=0.8, zorder=3)
             if annotate:
-                ax.annotate(_cut(name, 30), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7, color="#444")
+                ax.annotate(_cut(short_name(name), 30), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7, color="#444")
     handles = [Line2D([], [], linestyle="", marker="s", markersize=8, color=r.color, label=_legend_label(r))
                for r, p in points if p]
-    handles += [Line2D([], [], linestyle="", marker=marker[c], markersize=7, color="#666", label=_cut(c, 60))
+    handles += [Line2D([], [], linestyle="", marker=marker[c], markersize=7, color="#666", label=_cut(short_name(c), 60))
                 for c in conds]
     ax.axhline(0, color="#222", linewidth=0.8)
     ax.set_xlabel("L0: active SAE features per token (summed over the condition's SAEs)")

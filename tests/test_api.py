@@ -17,6 +17,7 @@ from transformer_lens import HookedTransformerConfig
 from transformers import PreTrainedTokenizerFast
 
 import saeeval
+from saeeval.catalog import short_name
 from saeeval.errors import SaeevalError
 from saeeval.models import default_zoo_root
 
@@ -126,7 +127,8 @@ def test_results_views_read_the_document(in_memory):
         "accuracy"]
     fig = r.plot()
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
-    assert labels == list(r.conditions)
+    assert labels == [short_name(c) for c in r.conditions]  # the table's abbreviations
+    assert labels[1] == "L0.resid_post"
 
 
 def test_unknown_option_is_one_error_naming_the_known_ones():
