@@ -7,8 +7,6 @@ batches (51 + 50 examples); a sample counted twice or missed would move every me
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import subprocess
 import sys
@@ -16,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from run_files import differences, load
 
 pytestmark = pytest.mark.slow
 
@@ -60,33 +60,12 @@ def runs(tmp_path_factory) -> dict[str, dict[str, Path]]:
     return out
 
 
-def differences(a: Any, b: Any, path: str = "") -> list[str]:
-    """Every leaf where two JSON trees differ: floats beyond 1e-6 relative, anything else not equal."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        if a.keys() != b.keys():
-            return [f"{path}: keys {sorted(a.keys() ^ b.keys())}"]
-        return [d for k in a for d in differences(a[k], b[k], f"{path}/{k}")]
-    if isinstance(a, list) and isinstance(b, list):
-        if len(a) != len(b):
-            return [f"{path}: {len(a)} vs {len(b)} items"]
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{path}[{i}]")]
-    if isinstance(a, float) and isinstance(b, (int, float)) and not isinstance(b, bool):
-        return [] if math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-12) else [f"{path}: {a!r} vs {b!r}"]
-    return [] if a == b and type(a) is type(b) else [f"{path}: {a!r} vs {b!r}"]
-
-
 def leaves(tree: Any) -> int:
     if isinstance(tree, dict):
         return sum(leaves(v) for v in tree.values())
     if isinstance(tree, list):
         return sum(leaves(v) for v in tree)
     return 1
-
-
-def load(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    doc = json.loads((folder / "results.json").read_text())
-    samples = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
-    return doc, samples
 
 
 @pytest.mark.parametrize("task", list(RUNS))

@@ -10,8 +10,6 @@ the trainer.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import re
 import shutil
@@ -23,6 +21,8 @@ from typing import Any
 import pytest
 from hydra import compose, initialize_config_module
 from omegaconf.errors import InterpolationResolutionError
+
+from run_files import differences, load
 
 ROOT = Path(__file__).resolve().parents[1]
 POINTS = ["+task=ioi,toxicity", "limit=9", "batch_size=4"]  # 9 examples: DDP ranks get 5 and 4, in uneven batches
@@ -95,29 +95,9 @@ def finish(proc: subprocess.Popen) -> str:
     return stdout
 
 
-def load(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    doc = json.loads((folder / "results.json").read_text())
-    return doc, [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
-
-
 def computed(doc: dict[str, Any]) -> dict[str, Any]:
     """What a run measured: the results document without the config it records."""
     return {k: v for k, v in doc.items() if k not in ("config", "config_hash")}
-
-
-def differences(a: Any, b: Any, path: str = "") -> list[str]:
-    """Every leaf where two JSON trees differ: numbers beyond 1e-6 relative, anything else not equal."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        if a.keys() != b.keys():
-            return [f"{path}: keys {sorted(a.keys() ^ b.keys())}"]
-        return [d for k in a for d in differences(a[k], b[k], f"{path}/{k}")]
-    if isinstance(a, list) and isinstance(b, list):
-        if len(a) != len(b):
-            return [f"{path}: {len(a)} vs {len(b)} items"]
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{path}[{i}]")]
-    if isinstance(a, float) and isinstance(b, (int, float)) and not isinstance(b, bool):
-        return [] if math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-12) else [f"{path}: {a!r} vs {b!r}"]
-    return [] if a == b and type(a) is type(b) else [f"{path}: {a!r} vs {b!r}"]
 
 
 def array_jobs(sweep_dir: Path) -> dict[str, Path]:
