@@ -23,6 +23,8 @@ from sae_lens import SAE
 from saeeval.conditions import build_conditions
 from saeeval.document import build_document, describe_model, sample_records
 from saeeval.errors import SaeevalError
+from saeeval.features.options import FeatureAttribution
+from saeeval.features.setup import feature_callback
 from saeeval.masks import TokenMask, special_token_ids
 from saeeval.module import SAEEvalModule
 from saeeval.run_results import Results
@@ -98,9 +100,10 @@ def _bookkeeping(module: torch.nn.Module) -> list[tuple[Any, str, Any]]:
 
 def run_evaluation(
     model: Any, saes: Mapping[str, SAE], task: TaskDataModule, mask: TokenMask, splice: Mapping[str, Any],
-    trainer: L.Trainer, config: Mapping[str, Any],
+    trainer: L.Trainer, config: Mapping[str, Any], features: FeatureAttribution | None = None,
 ) -> Results | None:
-    """The one evaluation path (CLI and API): plan the conditions, test the module, build the document.
+    """The one evaluation path (CLI and API): plan the conditions, test the module (with feature attribution as
+    a callback on the same batches when `features` is given), build the document.
     Returns None on DDP ranks other than 0 (they only contributed metric states)."""
     conditions = build_conditions(saes, **splice)
     task.bind(model.tokenizer, model.cfg.default_prepend_bos, model.cfg.n_ctx)
@@ -115,13 +118,22 @@ def run_evaluation(
         model, saes, conditions, mask, special_token_ids(model.tokenizer), task.has_answers, len(task.groups),
         answer_position=task.answer_position,
     )
-    trainer.test(module, datamodule=task, verbose=False)
+    callback = None
+    if features is not None:
+        callback = feature_callback(features, saes, conditions, task, mask, special_token_ids(model.tokenizer), trainer)
+        trainer.callbacks.append(callback)
+    try:
+        trainer.test(module, datamodule=task, verbose=False)
+    finally:
+        if callback is not None:
+            trainer.callbacks.remove(callback)
     if not trainer.is_global_zero:
         return None
     computed = module.computed or []
     doc = build_document(config=config, model=describe_model(model), task=task, mask=mask.describe(),
                          computed=computed)
-    return Results(doc, list(sample_records(task, computed)) if task.has_answers else None)
+    return Results(doc, list(sample_records(task, computed)) if task.has_answers else None,
+                   features=callback.document if callback is not None else None)
 
 
 def named_saes(saes: Mapping[str, SAE] | Sequence[SAE]) -> dict[str, SAE]:

@@ -8,7 +8,7 @@ from importlib import resources
 
 from saeeval.errors import SaeevalError
 
-GROUPS = ("task", "model", "saes", "mask", "splice", "trainer", "logger")
+GROUPS = ("task", "model", "saes", "mask", "splice", "trainer", "logger", "features")
 _CHOICE = re.compile(rf"([+~]?)({'|'.join(GROUPS)})=(.*)")
 
 

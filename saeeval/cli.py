@@ -2,7 +2,7 @@
 
 It builds the model, SAEs, task, mask, logger and trainer from the config, runs `api.run_evaluation` (the path
 `saeeval.evaluate` runs too), and writes the run's files: results.json, samples.jsonl, the chart, the logger's
-records and the table.
+records and the table; with features=attribution also features.json, its two charts and its table.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from rich.console import Console
 from saeeval.api import build, quiet_lightning, run_evaluation
 from saeeval.charts import CHART_FILE, save_figure
 from saeeval.errors import SaeevalError
+from saeeval.features.outputs import FEATURES_FILE
+from saeeval.features.setup import trainer_kwargs
 from saeeval.results import RESULTS_FILE, completed_hash, config_hash
 from saeeval.run_results import Results
 from saeeval.table import print_results
@@ -48,7 +50,8 @@ def run_config(cfg: DictConfig, out_dir: Path) -> Results | None:
     quiet_lightning()
 
     logger = build(cfg.logger) if cfg.get("logger") else False
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=logger)
+    features = build(cfg.features) if cfg.get("features") else None
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, **trainer_kwargs(features))
     _check_launch(trainer)
     if cfg.device == "auto":
         cfg.device = str(trainer.strategy.root_device)  # this rank's device: cuda:r under DDP, else cpu / cuda:0
@@ -56,18 +59,24 @@ def run_config(cfg: DictConfig, out_dir: Path) -> Results | None:
     saes = build(cfg.saes)(model)
     mask = build(cfg.mask)
     task = build(cfg.task)
-    results = run_evaluation(model, saes, task, mask, cfg.splice, trainer, config)
+    results = run_evaluation(model, saes, task, mask, cfg.splice, trainer, config, features)
     if results is None:
         _drop_empty_child_log()
         return None
     results.save(out_dir)
     if cfg.plot and (fig := results.plot()) is not None:
         save_figure(fig, out_dir / CHART_FILE)
+    if cfg.plot:
+        for name, fig in results.feature_plots().items():
+            save_figure(fig, out_dir / name)
     if logger:
         from saeeval.loggers import log_results
 
         log_results(logger, results.document, out_dir)
     print_results(results.document, console)
+    if results.features is not None:
+        console.print(results.feature_table())
+        console.print(f"features: {out_dir / FEATURES_FILE}")
     console.print(f"results: {out_dir / RESULTS_FILE}")
     return results
 

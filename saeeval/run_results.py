@@ -26,9 +26,14 @@ _META = ("saes", "hooks", "ablation", "baseline")
 class Results:
     """The results document (`.document`, the results.json contract) and its per-example samples."""
 
-    def __init__(self, document: Mapping[str, Any], samples: Sequence[Mapping[str, Any]] | None = None) -> None:
+    def __init__(
+        self, document: Mapping[str, Any], samples: Sequence[Mapping[str, Any]] | None = None,
+        features: Mapping[str, Any] | None = None,
+    ) -> None:
         self.document: dict[str, Any] = dict(document)
         self.samples: list[dict[str, Any]] | None = None if samples is None else [dict(s) for s in samples]
+        self.features: dict[str, Any] | None = None if features is None else dict(features)
+        """features.json (run with features=attribution): per SAE its top latents, faithfulness curve, slices."""
 
     @property
     def conditions(self) -> dict[str, Any]:
@@ -82,8 +87,28 @@ class Results:
         return run_logit_diff_chart(self.document)
 
     def save(self, folder: str | Path) -> Path:
-        """Write results.json and samples.jsonl into `folder` (the CLI's files); returns results.json's path."""
+        """Write features.json (if any), samples.jsonl and results.json into `folder` (the CLI's files; results.json
+        last, it marks the run complete); returns results.json's path."""
+        if self.features is not None:
+            from saeeval.features.outputs import write_features
+
+            write_features(Path(folder), self.features)
         return write_results(Path(folder), self.document, self.samples)
+
+    def feature_table(self) -> Group:
+        """The rich tables of the top latents per SAE (empty without features); print with `rich.print`."""
+        from saeeval.features.outputs import features_tables
+
+        return features_tables(self.features or {})
+
+    def feature_plots(self) -> dict[str, Figure]:
+        """The feature heat-map and faithfulness charts (file name -> Figure; empty without features)."""
+        if not self.features:
+            return {}
+        from saeeval.features.outputs import FAITHFULNESS_FILE, HEATMAP_FILE, faithfulness_figure, heatmap_figure
+
+        figs = {HEATMAP_FILE: heatmap_figure(self.features), FAITHFULNESS_FILE: faithfulness_figure([("", self.features)])}
+        return {name: fig for name, fig in figs.items() if fig is not None}
 
     @classmethod
     def load(cls, folder: str | Path) -> Results:
@@ -95,7 +120,9 @@ class Results:
         if samples_path.is_file():
             lines = samples_path.read_text(encoding="utf-8").splitlines()
             samples = [json.loads(line) for line in lines if line.strip()]
-        return cls(doc, samples)
+        from saeeval.features.outputs import read_features
+
+        return cls(doc, samples, read_features(path))
 
     def __repr__(self) -> str:
         t = self.document.get("task", {})

@@ -15,7 +15,7 @@ so saeeval.scoring unembeds them a chunk of positions at a time; `.logits` gives
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -337,3 +337,34 @@ class Splicer:
             SplicedPass(cond, final if k == 1 else final[i * b : (i + 1) * b], self.unembed, recons[i])
             for i, cond in enumerate(conds)
         ]
+
+    def suffix(
+        self, clean: CleanPass, hook: str, edit: Callable[[torch.Tensor], torch.Tensor], copies: int = 1
+    ) -> torch.Tensor:
+        """The final residual `[copies·B, T, d]` with `edit` applied to the activation at `hook` of `copies`
+        stacked copies of the batch, running only the blocks from that hook on (like a condition's suffix).
+
+        No `no_grad` here: feature attribution (saeeval.features) takes gradients through it. `edit` receives the
+        hook's activation for all copies (at a resid_post hook: the cached clean one, the suffix's input).
+        """
+        if hook not in clean.acts:
+            raise ValueError(f"hook {hook!r} is not cached; pass it to Splicer.clean")
+        model, start = self.model, _entry_layer(hook)
+
+        def rep(t: torch.Tensor) -> torch.Tensor:
+            return t if copies == 1 else t.repeat(copies, *([1] * (t.ndim - 1)))
+
+        am, stop = rep(clean.attention_mask), model.cfg.n_layers
+        at_input = start is not None and start != hook_layer(hook)
+        fwd_hooks = [] if at_input else [(hook, lambda act, hook: edit(act))]
+        with model.hooks(fwd_hooks=fwd_hooks):
+            if start is None:
+                resid = model(rep(clean.tokens), attention_mask=am, stop_at_layer=stop)
+            else:
+                sf = clean.shortformer_pos_embed
+                resid = model(
+                    edit(rep(clean.acts[hook])) if at_input else rep(clean.resid_pre[start]),
+                    start_at_layer=start, stop_at_layer=stop, attention_mask=am,
+                    shortformer_pos_embed=None if sf is None else rep(sf),
+                )
+            return self._final(resid)

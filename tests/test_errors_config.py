@@ -107,7 +107,7 @@ def test_every_shipped_config_passes_the_check():
     runs = [[f"+task={task}"] for task in group_options("task")]
     required = {"model=hf_folder": ["model.name=some/folder"], "saes=folder": ["saes.paths=[some/sae]"]}
     runs += [["+task=ioi", choice, *required.get(choice, [])]
-             for group in ("model", "saes", "mask", "splice", "trainer", "logger")
+             for group in ("model", "saes", "mask", "splice", "trainer", "logger", "features")
              for choice in (f"{group}={option}" for option in group_options(group))]
     try:
         for overrides in runs:

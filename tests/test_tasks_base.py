@@ -94,8 +94,12 @@ def test_example_record_and_describe_carry_the_answers(gpt2_tokenizer):
         "id": 2, "prompt": e.prompt, "n_tokens": len(e.tokens),
         "correct": e.correct, "correct_str": gpt2_tokenizer.decode([e.correct]),
         "incorrect": e.incorrect, "incorrect_str": gpt2_tokenizer.decode([e.incorrect]),
-        "fields": {"order": "BABA"},
+        "fields": {"order": "BABA"}, "positions": e.positions,
     }
+    # named positions are token indices of the example (BOS included): IO and both S mentions hold the names
+    pos = rec["positions"]
+    assert e.tokens[pos["IO"]] == e.correct and e.tokens[pos["S1"]] == e.tokens[pos["S2"]] == e.incorrect
+    assert pos["END"] == len(e.tokens) - 1 and pos["S1"] < pos["S2"]
     d = dm.describe()
     assert d == {
         "name": "ioi", "n_examples": 6, "dataset_hash": dm.dataset_hash,

@@ -149,6 +149,7 @@ class TaskDataModule(L.LightningDataModule):
             "incorrect": e.incorrect,
             "incorrect_str": self.token_str(e.incorrect),
             "fields": dict(self.groups[e.group]),
+            "positions": dict(e.positions),
         }
 
     def pad_id(self) -> int:
