@@ -25,7 +25,7 @@ from saeeval.document import build_document, describe_model, sample_records
 from saeeval.errors import SaeevalError
 from saeeval.features.options import FeatureAttribution
 from saeeval.features.setup import feature_callback
-from saeeval.masks import TokenMask, special_token_ids
+from saeeval.masks import Masks, special_token_ids
 from saeeval.module import SAEEvalModule
 from saeeval.run_results import Results
 from saeeval.saes import sae_hook, validate_saes
@@ -99,8 +99,9 @@ def _bookkeeping(module: torch.nn.Module) -> list[tuple[Any, str, Any]]:
 
 
 def run_evaluation(
-    model: Any, saes: Mapping[str, SAE], task: TaskDataModule, mask: TokenMask, splice: Mapping[str, Any],
+    model: Any, saes: Mapping[str, SAE], task: TaskDataModule, mask: Masks, splice: Mapping[str, Any],
     trainer: L.Trainer, config: Mapping[str, Any], features: FeatureAttribution | None = None,
+    compat: str = "none",
 ) -> Results | None:
     """The one evaluation path (CLI and API): plan the conditions, test the module (with feature attribution as
     a callback on the same batches when `features` is given), build the document.
@@ -116,11 +117,12 @@ def run_evaluation(
         )
     module = SAEEvalModule(
         model, saes, conditions, mask, special_token_ids(model.tokenizer), task.has_answers, len(task.groups),
-        answer_position=task.answer_position,
+        answer_position=task.answer_position, compat=compat,
     )
     callback = None
     if features is not None:
-        callback = feature_callback(features, saes, conditions, task, mask, special_token_ids(model.tokenizer), trainer)
+        callback = feature_callback(features, saes, conditions, task, mask.splice, special_token_ids(model.tokenizer),
+                                   trainer)
         trainer.callbacks.append(callback)
     try:
         trainer.test(module, datamodule=task, verbose=False)
@@ -130,7 +132,7 @@ def run_evaluation(
     if not trainer.is_global_zero:
         return None
     computed = module.computed or []
-    doc = build_document(config=config, model=describe_model(model), task=task, mask=mask.describe(),
+    doc = build_document(config=config, model=describe_model(model), task=task, mask=mask.describe(compat),
                          computed=computed)
     return Results(doc, list(sample_records(task, computed)) if task.has_answers else None,
                    features=callback.document if callback is not None else None)
@@ -192,7 +194,7 @@ def compose_config(task: str | None, options: Mapping[str, Any]) -> DictConfig:
         if key in choices:
             continue
         if key in groups and isinstance(value, Mapping):
-            for sub, v in value.items():
+            for sub, v in _dotted(value):
                 _set(cfg, f"{key}.{sub}", v)
         elif key in SPLICE_KNOBS:
             _set(cfg, f"splice.{key}", value)
@@ -208,6 +210,18 @@ def compose_config(task: str | None, options: Mapping[str, Any]) -> DictConfig:
             known = [k for k in known if not k.startswith("_")]
             raise SaeevalError(f"unknown option {key}=...; saeeval.evaluate takes {', '.join(sorted(set(known)))}")
     return cfg
+
+
+def _dotted(options: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested option dicts as dotted keys (`{"splice": {"positions": [...]}}` -> `splice.positions`), so a
+    nested node keeps its other keys and its `_target_`."""
+    out: list[tuple[str, Any]] = []
+    for key, value in options.items():
+        if isinstance(value, Mapping):
+            out += _dotted(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
 
 
 def _set(cfg: DictConfig, key: str, value: Any) -> None:
@@ -249,7 +263,8 @@ def evaluate(
         trainer = instantiate(cfg.trainer, logger=False, enable_progress_bar=False)
     converts = str(trainer.precision).endswith("-true") or str(trainer.precision) == "64"
     with left_as_found([model, *named.values()], converts_weights=converts):
-        results = run_evaluation(model, named, module, mask, OmegaConf.to_container(cfg.splice), trainer, config)
+        results = run_evaluation(model, named, module, mask, OmegaConf.to_container(cfg.splice), trainer, config,
+                                 cfg.compat)
     if results is None:
         raise SaeevalError("saeeval.evaluate ran as a non-zero DDP rank; use the CLI for multi-process runs")
     return results

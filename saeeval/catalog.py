@@ -68,6 +68,14 @@ METRICS: list[Metric] = [
     Metric("l1", "reconstruction", "L1", "L1", ".1f", priority=4),
     Metric("relative_reconstruction_bias", "reconstruction", "rel. bias", "bias", priority=5),
     Metric("dead_fraction", "reconstruction", "dead fraction", "dead", priority=5),
+    # compat=saelens / saebench: those tools' batch-dependent definitions (saeeval.metrics.batchwise)
+    Metric("relative_reconstruction_bias_saelens", "reconstruction", "rel. bias (SAELens)", "bias_SL", priority=6),
+    Metric("explained_variance_legacy_saelens", "reconstruction", "EV legacy (SAELens)", "EVleg_SL", priority=7),
+    Metric("mse_saebench", "reconstruction", "MSE (SAEBench)", "MSE_SB", ".3g", priority=6),
+    Metric("explained_variance_saebench", "reconstruction", "EV (SAEBench)", "EV_SB", priority=6),
+    Metric("explained_variance_legacy_saebench", "reconstruction", "EV legacy (SAEBench)", "EVleg_SB", priority=7),
+    Metric("relative_reconstruction_bias_saebench", "reconstruction", "rel. bias (SAEBench)", "bias_SB", priority=7),
+    Metric("l1_saebench", "reconstruction", "L1 (SAEBench)", "L1_SB", ".1f", priority=7),
 ]
 
 

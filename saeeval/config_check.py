@@ -2,7 +2,8 @@
 the type that consumer declares, nothing required is left unset. Each problem is one line with the fix.
 
 The schema is not written twice: a node's valid keys and types are the signature of what consumes it (its
-`_target_`, e.g. `lightning.pytorch.Trainer`; `conditions.build_conditions` for `splice`), and the top level's
+`_target_`, e.g. `lightning.pytorch.Trainer`; `conditions.build_conditions` for `splice`; a nested node with its
+own `_target_`, e.g. `mask.splice`, is checked against that one), and the top level's
 are `TOP_LEVEL` below. Plain overrides are passed to Hydra as `++key=value`, so a misspelled key reaches this
 check (one line naming the closest valid key) instead of Hydra's struct error, and `+key=value` is caught too.
 """
@@ -28,6 +29,7 @@ from saeeval.errors import SaeevalError
 # The top-level options of conf/config.yaml and their types (tests pin that both list the same keys).
 TOP_LEVEL: dict[str, Any] = {
     "seed": int, "batch_size": int, "limit": int | None, "dtype": str, "device": str, "force": bool, "plot": bool,
+    "compat": typing.Literal["none", "saelens", "saebench"],
 }
 # Nodes without a `_target_`: the function their keys are passed to.
 CONSUMERS = {"splice": "saeeval.conditions.build_conditions"}
@@ -119,6 +121,13 @@ def _check_node(
         if key not in types_:
             if not open_:
                 raise _unknown_key(prefix, key, known, target)
+            continue
+        if isinstance(value, dict) and "_target_" in value:  # a nested object (mask.splice): its own signature
+            params, nested_open = _signature(str(value["_target_"]))
+            if params is not None:
+                sub_raw = raw.get(key) if isinstance(raw.get(key), dict) else {}
+                _check_node(f"{prefix}{key}.", value, sub_raw, params, open_=nested_open,
+                            known=[*params, *_HYDRA_KEYS], target=str(value["_target_"]))
             continue
         expected = types_[key]
         if _matches(value, expected) is False:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -34,7 +34,8 @@ class Computed:
 
     `task`: LogitDiff values plus `delta_*` paired changes against clean; `groups`: the per-group sums
     (GROUP_SUMS, float64 vectors) slices pool; `recon`: hook name -> Reconstruction values; `samples`: example
-    ids and their logit diffs (ascending ids). Task parts are None/empty when the task has no answers.
+    ids and their logit diffs (ascending ids); `batchwise`: hook name -> a compat mode's per-batch metrics
+    (`<metric>_saelens`, ...), reported beside `recon`'s. Task parts are None/empty when the task has no answers.
     """
 
     name: str
@@ -45,6 +46,7 @@ class Computed:
     groups: dict[str, Tensor] | None
     recon: dict[str, dict[str, float]]
     samples: tuple[list[int], list[float]] | None
+    batchwise: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def json_number(v: Any) -> float | None:
@@ -98,7 +100,8 @@ def conditions_entry(computed: Sequence[Computed], has_answers: bool) -> dict[st
                     clean_task.get("logit_diff"), entry["task"].get("logit_diff"), json_number(base.task["logit_diff"])
                 )
         if res.recon:
-            entry["reconstruction"] = {hook: json_values(r) for hook, r in res.recon.items()}
+            entry["reconstruction"] = {hook: json_values({**r, **res.batchwise.get(hook, {})})
+                                       for hook, r in res.recon.items()}
         out[res.name] = entry
     return out
 

@@ -15,10 +15,12 @@ import torch
 from sae_lens import SAE
 from torch import Tensor, nn
 
+from saeeval.compat import Compat, get_compat
 from saeeval.conditions import Condition, hooks_of
 from saeeval.document import CLEAN, GROUP_SUMS, Computed
-from saeeval.masks import TokenMask
+from saeeval.masks import BatchMasks, Masks
 from saeeval.means import ActivationMeans
+from saeeval.metrics.batchwise import BatchwiseReconstruction
 from saeeval.metrics.lm_loss import KLDivergence, NextTokenCrossEntropy
 from saeeval.metrics.logit_diff import GroupedLogitDiff, LogitDiff, PerExample
 from saeeval.metrics.reconstruction import Reconstruction
@@ -32,7 +34,8 @@ FINALS_BUDGET = 1 << 28
 class ConditionMetrics(nn.Module):
     """The metric states of one condition (clean or spliced/ablated)."""
 
-    def __init__(self, has_answers: bool, num_groups: int, recon: Mapping[str, tuple[int, int]], paired: bool):
+    def __init__(self, has_answers: bool, num_groups: int, recon: Mapping[str, tuple[int, int]], paired: bool,
+                 batchwise: str | None = None):
         super().__init__()
         self.ce = NextTokenCrossEntropy()
         self.kl = KLDivergence() if paired else None
@@ -42,6 +45,20 @@ class ConditionMetrics(nn.Module):
         self.per_example = PerExample() if has_answers else None
         self.recon_names = list(recon)
         self.recon = nn.ModuleList(Reconstruction(d_in, d_sae) for d_in, d_sae in recon.values())
+        self.batchwise = nn.ModuleList(
+            BatchwiseReconstruction(batchwise, d_in) for d_in, _ in recon.values()) if batchwise else None
+
+    def update_recon(self, recon: Mapping[str, tuple[Tensor, Tensor, Tensor]], keep: Tensor | None) -> None:
+        """Reconstruction states from one batch's `(x, x_hat, feats)` per SAE; `keep` `[N]` picks the rows that
+        count (compat=saebench: spliced tokens that are also scored)."""
+        for i, name in enumerate(self.recon_names):
+            x, x_hat, feats = recon[name]
+            if keep is not None:
+                k = keep.to(x.device)
+                x, x_hat, feats = x[k], x_hat[k], feats[k.to(feats.device)]
+            self.recon[i].update(x, x_hat, feats)
+            if self.batchwise is not None:
+                self.batchwise[i].update(x, x_hat, feats)
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> nn.Module:
         """Move the metric states with the module, never change their dtype.
@@ -63,7 +80,9 @@ class SAEEvalModule(L.LightningModule):
     `answer_position` names the batch position whose logits are scored (None: the last column). The computed
     values are left in `self.computed` after `trainer.test` (on every rank; only rank 0 writes files).
     `condition_batch`: how many conditions starting at the same block share one forward (None:
-    `splicing.conditions_per_forward`, 1 on CPU).
+    `splicing.conditions_per_forward`, 1 on CPU). `mask` chooses where SAEs and ablations replace activations
+    and which positions CE/KL count; `compat` (none | saelens | saebench, saeeval.compat) reproduces those
+    tools' ablation positions and definitions.
     """
 
     def __init__(
@@ -71,19 +90,21 @@ class SAEEvalModule(L.LightningModule):
         model: nn.Module,
         saes: Mapping[str, SAE],
         conditions: Sequence[Condition],
-        mask: TokenMask,
+        mask: Masks,
         special_ids: Sequence[int],
         has_answers: bool,
         num_groups: int,
         condition_batch: int | None = None,
         answer_position: str | None = None,
+        compat: Compat | str | None = None,
     ):
         super().__init__()
         self.model = model.requires_grad_(False)
         self.sae_modules = nn.ModuleList(sae.requires_grad_(False) for sae in saes.values())  # moved with the module
         self.splicer = Splicer(self.model, saes)  # validated once; holds the same (in-place moved) modules
         self.conditions = list(conditions)
-        self.token_mask = mask
+        self.masks = mask
+        self.compat = get_compat(compat)
         self.special_ids = list(special_ids)
         self.has_answers = has_answers
         self.condition_batch = condition_batch
@@ -92,7 +113,8 @@ class SAEEvalModule(L.LightningModule):
         self.metrics = nn.ModuleList(
             [ConditionMetrics(has_answers, num_groups, {}, paired=False)]
             + [
-                ConditionMetrics(has_answers, num_groups, self._recon_shapes(c), paired=True)
+                ConditionMetrics(has_answers, num_groups, self._recon_shapes(c), paired=True,
+                                 batchwise=self.compat.batchwise)
                 for c in self.conditions
             ]
         )
@@ -109,8 +131,9 @@ class SAEEvalModule(L.LightningModule):
         saes = self.saes
         return {name: (saes[name].cfg.d_in, saes[name].cfg.d_sae) for name in cond.saes}
 
-    def _mask(self, batch: Mapping[str, Any]) -> Tensor:
-        return self.token_mask(batch["tokens"], batch["attention_mask"], batch.get("positions"), self.special_ids)
+    def _masks(self, batch: Mapping[str, Any]) -> BatchMasks:
+        return self.masks(batch["tokens"], batch["attention_mask"], batch.get("positions"), self.special_ids,
+                          self.compat)
 
     def on_test_start(self) -> None:
         self.follow_placement()
@@ -135,33 +158,36 @@ class SAEEvalModule(L.LightningModule):
 
     @torch.no_grad()
     def _mean_activations(self) -> dict[str, Tensor]:
-        """Mean activation per hook over the masked-in positions of the whole eval set (summed over ranks)."""
+        """Mean activation per hook over the positions ablations replace, on the whole eval set (summed over
+        ranks)."""
         means = ActivationMeans(self.hooks)
         for batch in self.trainer.datamodule.test_dataloader():
             batch = self.transfer_batch_to_device(batch, self.device, 0)
-            means.update(self.splicer.clean(batch["tokens"], batch["attention_mask"], self.hooks), self._mask(batch))
+            means.update(self.splicer.clean(batch["tokens"], batch["attention_mask"], self.hooks),
+                         self._masks(batch).ablate)
         means.sync()
         return means.compute()
 
     @torch.no_grad()
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         tokens, attention_mask = batch["tokens"], batch["attention_mask"]
-        mask = self._mask(batch)
+        masks = self._masks(batch)
+        keep = masks.score[masks.splice] if self.compat.recon_within_score else None
         clean = self.splicer.clean(tokens, attention_mask, self.hooks)
         clean_ld = self._update_answers(self.metrics[0], clean.final, batch, None)
         per_forward = self.condition_batch or conditions_per_forward(self.model, tokens.shape)
         for n, group in enumerate(self._groups(clean.final)):
             finals: list[Tensor | None] = [None] * len(group)
             conds = [self.conditions[i] for i in group]
-            for j, out in self.splicer.iter_many(conds, clean, mask, self.means, per_forward):
+            for j, out in self.splicer.iter_many(conds, clean, masks.splice, self.means, per_forward, masks.ablate):
                 metrics = self.metrics[1 + group[j]]
-                for name, recon in zip(metrics.recon_names, metrics.recon):
-                    recon.update(*out.recon[name])
+                metrics.update_recon(out.recon, keep)
                 self._update_answers(metrics, out.final, batch, clean_ld)
                 finals[j] = out.final
             scored = [self.metrics[1 + i] for i in group]
-            score_lm(self.splicer.unembed, clean.final, finals, tokens, mask,  # type: ignore[arg-type]
-                     self.metrics[0].ce if n == 0 else None, [m.ce for m in scored], [m.kl for m in scored])
+            score_lm(self.splicer.unembed, clean.final, finals, tokens, masks.score,  # type: ignore[arg-type]
+                     self.metrics[0].ce if n == 0 else None, [m.ce for m in scored], [m.kl for m in scored],
+                     input_only=self.compat.ce_input_only)
 
     def _groups(self, final: Tensor) -> list[list[int]]:
         """Condition indices in groups whose final residuals fit FINALS_BUDGET together (at least one group, so the
@@ -225,5 +251,7 @@ def _compute(cond: Condition | None, m: ConditionMetrics, hook_of: Mapping[str, 
         task=task,
         groups=groups,
         recon={hook_of[n]: {k: float(v) for k, v in r.compute().items()} for n, r in zip(m.recon_names, m.recon)},
+        batchwise={hook_of[n]: {k: float(v) for k, v in b.compute().items()}
+                   for n, b in zip(m.recon_names, m.batchwise)} if m.batchwise is not None else {},
         samples=samples,
     )

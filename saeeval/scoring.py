@@ -73,18 +73,19 @@ def score_lm(
     ces: Sequence[NextTokenCrossEntropy],
     kls: Sequence[KLDivergence],
     chunk: int | None = None,
+    input_only: bool = False,
 ) -> None:
     """Update `clean_ce` (if given) and each condition's `ces[i]`/`kls[i]` from final residuals `[B, T, d]`.
 
     Same definitions as NextTokenCrossEntropy.update / KLDivergence.update on whole logits: CE over positions whose
-    input and target are unmasked, KL over unmasked positions.
+    input and target are unmasked (`input_only`: whose input is, as sae_lens counts it), KL over unmasked positions.
     """
     if not (len(finals) == len(ces) == len(kls)):
         raise ValueError(f"got {len(finals)} final residuals for {len(ces)} CE and {len(kls)} KL metrics")
     if clean_ce is None and not finals:
         return
     mask = mask.to(clean.device)
-    targets = next_token_targets(tokens.to(clean.device), mask)
+    targets = next_token_targets(tokens.to(clean.device), mask, input_only)
     rows = chunk or rows_per_chunk(unembed.d_vocab, unembed.weight.device)
     for h_clean, target, *hs in row_chunks(mask, rows, clean, targets[..., None], *finals):
         _score_chunk(unembed, h_clean, target[:, 0], hs, clean_ce, ces, kls)

@@ -7,16 +7,17 @@ from collections.abc import Sequence
 from typing import Any
 
 from saeeval.errors import SaeevalError
-from saeeval.masks import TokenMask
+from saeeval.masks import Masks
 
 
-def check_selection(task: Any, mask: TokenMask, special_ids: Sequence[int], d_vocab: int) -> None:
-    """Raise one SaeevalError line for a token id outside `d_vocab` or a mask that keeps no position at all."""
+def check_selection(task: Any, mask: Masks, special_ids: Sequence[int], d_vocab: int) -> None:
+    """Raise one SaeevalError line for a token id outside `d_vocab` or a splice or score mask that keeps no
+    position at all."""
     for tid in mask.exclude_token_ids:
         if not 0 <= tid < d_vocab:
             raise SaeevalError(f"mask.exclude_token_ids holds {tid}, outside the model's vocabulary (ids 0..{d_vocab - 1}):"
                                " use token ids of this model's tokenizer")
-    selected, longest = 0, 0
+    selected, longest = {"splice": 0, "score": 0}, 0
     for batch in task.make_dataloader():
         tokens = batch["tokens"]
         for field in ("tokens", "correct", "incorrect"):
@@ -26,10 +27,15 @@ def check_selection(task: Any, mask: TokenMask, special_ids: Sequence[int], d_vo
                     f"vocabulary (ids 0..{d_vocab - 1}): the tokenizer does not match the model; load both together"
                 )
         longest = max(longest, int(batch["attention_mask"].sum(dim=1).max()))
-        selected += int(mask(tokens, batch["attention_mask"], batch.get("positions"), special_ids).sum())
-    if selected == 0:
-        raise SaeevalError(
-            f"the mask selects no token in any of the {len(task.examples)} examples (positions={mask.positions}, "
-            f"longest prompt {longest} tokens, exclude_special={mask.exclude_special}, exclude_token_ids="
-            f"{mask.exclude_token_ids}): choose positions inside the prompts, e.g. mask.positions=[-1]"
-        )
+        masks = mask(tokens, batch["attention_mask"], batch.get("positions"), special_ids)
+        for name in selected:
+            selected[name] += int(getattr(masks, name).sum())
+    for name, count in selected.items():
+        if count == 0:
+            part = getattr(mask, name)
+            raise SaeevalError(
+                f"the mask selects no token to {name} in any of the {len(task.examples)} examples (mask.{name}: "
+                f"positions={part.positions}, exclude_special={part.exclude_special}, exclude_token_ids="
+                f"{part.exclude_token_ids}; longest prompt {longest} tokens): choose positions inside the prompts, "
+                f"e.g. mask.{'' if name == 'splice' else 'score.'}positions=[-1]"
+            )

@@ -208,9 +208,10 @@ class Splicer:
         clean: CleanPass,
         mask: torch.Tensor,
         means: Mapping[str, torch.Tensor] | None = None,
+        ablate_mask: torch.Tensor | None = None,
     ) -> SplicedPass:
         """The final residual (and SAE reconstructions) under one condition, from its first spliced layer on."""
-        return self.run_many([cond], clean, mask, means)[0]
+        return self.run_many([cond], clean, mask, means, ablate_mask=ablate_mask)[0]
 
     def run_many(
         self,
@@ -219,10 +220,11 @@ class Splicer:
         mask: torch.Tensor,
         means: Mapping[str, torch.Tensor] | None = None,
         chunk_size: int = 1,
+        ablate_mask: torch.Tensor | None = None,
     ) -> list[SplicedPass]:
         """Every condition's pass, in the order of `conds` (see `iter_many`)."""
         results: list[SplicedPass | None] = [None] * len(conds)
-        for i, res in self.iter_many(conds, clean, mask, means, chunk_size):
+        for i, res in self.iter_many(conds, clean, mask, means, chunk_size, ablate_mask):
             results[i] = res
         return results  # type: ignore[return-value]
 
@@ -233,10 +235,12 @@ class Splicer:
         mask: torch.Tensor,
         means: Mapping[str, torch.Tensor] | None = None,
         chunk_size: int = 1,
+        ablate_mask: torch.Tensor | None = None,
     ) -> Iterator[tuple[int, SplicedPass]]:
         """`(index into conds, pass)` as each forward finishes, so a caller can consume and drop reconstructions
         before the next one; up to `chunk_size` conditions starting at the same layer share one forward (their
-        inputs concatenated along the batch), trading memory for fewer, larger matmuls."""
+        inputs concatenated along the batch), trading memory for fewer, larger matmuls. SAEs replace activations
+        at `mask`, ablations at `ablate_mask` (default: `mask`)."""
         if chunk_size < 1:
             raise SaeevalError(f"chunk_size={chunk_size} must be at least 1")
         for cond in conds:
@@ -247,7 +251,8 @@ class Splicer:
         for start, idxs in by_start.items():
             for j in range(0, len(idxs), chunk_size):
                 chunk = idxs[j : j + chunk_size]
-                yield from zip(chunk, self._run_chunk([conds[i] for i in chunk], start, clean, mask, means))
+                yield from zip(chunk, self._run_chunk([conds[i] for i in chunk], start, clean, mask, means,
+                                                      ablate_mask))
 
     def _validate(self, cond: Condition, clean: CleanPass, means: Mapping[str, torch.Tensor] | None) -> None:
         missing = [h for h in cond.hooks if h not in clean.acts]
@@ -273,6 +278,7 @@ class Splicer:
         clean: CleanPass,
         mask: torch.Tensor,
         means: Mapping[str, torch.Tensor] | None,
+        ablate_mask: torch.Tensor | None = None,
     ) -> list[SplicedPass]:
         k, b = len(conds), clean.tokens.shape[0]
         recons: list[dict[str, Recon]] = [{} for _ in conds]
@@ -285,7 +291,8 @@ class Splicer:
 
         def splice_one(i: int, hook_name: str, base: torch.Tensor) -> torch.Tensor:
             """`base` with condition i's replacement written at the masked-in positions (SAE: recon recorded)."""
-            cond, m = conds[i], mask.to(base.device)
+            cond = conds[i]
+            m = (mask if cond.ablation is None or ablate_mask is None else ablate_mask).to(base.device)
             out = base.clone()
             if cond.ablation == "zero":
                 out[m] = 0

@@ -46,7 +46,7 @@ from sae_lens.evals import EvalConfig, run_evals
 from sae_lens.training.activation_scaler import ActivationScaler
 
 from saeeval.conditions import build_conditions, hooks_of
-from saeeval.masks import TokenMask
+from saeeval.masks import Masks, TokenMask
 from saeeval.module import SAEEvalModule
 from saeeval.profiling import peak_tensor_bytes
 from saeeval.splicing import Splicer
@@ -66,7 +66,8 @@ def run_saeeval(
 ) -> dict[str, dict]:
     """What `python -m saeeval` does per batch (SAEEvalModule.test_step), then each metric's compute()."""
     conditions = build_conditions(saes)
-    module = SAEEvalModule(model, saes, conditions, TokenMask(exclude_special=ignore_bos), [BOS],
+    mask = TokenMask(exclude_special=ignore_bos)
+    module = SAEEvalModule(model, saes, conditions, Masks(splice=mask, score=mask), [BOS],
                            has_answers=False, num_groups=0, condition_batch=condition_batch)
     for i, tokens in enumerate(batches):
         module.test_step({"tokens": tokens, "attention_mask": torch.ones_like(tokens)}, i)

@@ -1,4 +1,4 @@
-"""TokenMask: padding always out, special/token-id exclusion, indexed and task-named positions."""
+"""TokenMask: padding always out, special/token-id exclusion, indexed and task-named positions; Masks: splice vs score."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from saeeval.errors import SaeevalError
-from saeeval.masks import TokenMask, special_token_ids
+from saeeval.masks import Masks, TokenMask, special_token_ids
 
 EOT = 50256  # GPT-2: bos == eos == pad
 CONF = Path(__file__).parent.parent / "conf" / "mask"
@@ -91,21 +91,49 @@ def test_unknown_position_name_lists_what_the_task_offers(batch):
 
 def test_describe_records_the_policy():
     d = TokenMask(exclude_token_ids=[7], positions=["END", -1]).describe()
-    assert d == {
-        "exclude_special": True,
-        "exclude_token_ids": [7],
-        "positions": ["END", -1],
-        "padding": "excluded",
-        "applies_to": "splice and token metrics",
-    }
+    assert d == {"exclude_special": True, "exclude_token_ids": [7], "positions": ["END", -1]}
+    both = Masks(splice={"positions": ["S2"]}).describe("saelens")
+    assert both["splice"]["positions"] == ["S2"] and both["score"]["positions"] is None
+    assert both["compat"] == "saelens" and "special tokens included" in both["ablation"]
+    assert both["padding"] == "excluded" and both["reconstruction"] == "where the SAE is spliced"
 
 
 @pytest.mark.parametrize(
-    "name, positions, exclude_special",
+    "name, splice_positions, exclude_special",
     [("default", None, True), ("none", None, False), ("answer", [-1], True), ("token_ids", None, True),
      ("positions", ["END"], True)],
 )
-def test_mask_configs_instantiate(name, positions, exclude_special):
+def test_mask_configs_splice_where_named_and_score_every_real_token(name, splice_positions, exclude_special):
     mask = instantiate(OmegaConf.load(CONF / f"{name}.yaml"))
-    assert isinstance(mask, TokenMask)
-    assert mask.positions == positions and mask.exclude_special is exclude_special
+    assert isinstance(mask, Masks)
+    assert mask.splice.positions == splice_positions and mask.splice.exclude_special is exclude_special
+    assert mask.score.positions is None and mask.score.exclude_special is exclude_special
+
+
+def test_splice_at_one_position_scores_every_real_token(batch):
+    tokens, am = batch
+    named = {"S2": torch.tensor([3, 4, 5])}
+    got = Masks(positions=["S2"])(tokens, am, named, [EOT])
+    assert got.splice.nonzero().tolist() == [[0, 3], [1, 4], [2, 5]]
+    assert torch.equal(got.score, TokenMask()(tokens, am, special_ids=[EOT]))
+    assert got.ablate is got.splice
+
+
+def test_compat_ablates_special_tokens_and_excluded_ids_too(batch):
+    tokens, am = batch
+    masks = Masks(exclude_token_ids=[13])
+    for compat in ("saelens", "saebench"):
+        got = masks(tokens, am, None, [EOT], compat=compat)
+        assert torch.equal(got.ablate, am.bool())  # BOS/EOT and id 13 zeroed too, padding never
+        assert torch.equal(got.splice, TokenMask(exclude_token_ids=[13])(tokens, am, special_ids=[EOT]))
+    assert torch.equal(masks(tokens, am, None, [EOT]).ablate, masks(tokens, am, None, [EOT]).splice)
+
+
+def test_shorthands_fill_the_splice_mask_and_both_masks():
+    masks = Masks(positions=[-1], exclude_token_ids=[5], score={"exclude_token_ids": [9]})
+    assert masks.splice.positions == [-1] and masks.score.positions is None
+    assert masks.splice.exclude_token_ids == [5] and masks.score.exclude_token_ids == [9, 5]
+    assert masks.exclude_token_ids == [5, 9]
+    assert Masks(positions=[-1], splice={"positions": ["-1"]}).splice.positions == [-1]
+    with pytest.raises(SaeevalError, match="mask.positions=\\['S2'\\] and mask.splice.positions=\\['END'\\] disagree"):
+        Masks(positions=["S2"], splice={"positions": ["END"]})

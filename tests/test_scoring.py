@@ -12,7 +12,7 @@ from transformer_lens import HookedTransformerConfig
 
 from saeeval import module as module_mod
 from saeeval.conditions import build_conditions, hooks_of
-from saeeval.masks import TokenMask
+from saeeval.masks import Masks, TokenMask
 from saeeval.metrics.lm_loss import KLDivergence, NextTokenCrossEntropy
 from saeeval.module import SAEEvalModule
 from saeeval.profiling import peak_tensor_bytes
@@ -165,7 +165,7 @@ def test_peak_memory_follows_the_chunk_not_the_vocabulary_or_the_number_of_condi
 
 def _module(model, saes, **kwargs) -> SAEEvalModule:
     conds = build_conditions(saes)
-    return SAEEvalModule(model, saes, conds, TokenMask(), [0], has_answers=True, num_groups=1, **kwargs)
+    return SAEEvalModule(model, saes, conds, Masks(), [0], has_answers=True, num_groups=1, **kwargs)
 
 
 def _run(module: SAEEvalModule, batches) -> dict[str, list[float]]:

@@ -100,13 +100,14 @@ class _MaskedMean(Metric):
         return self.total / self.count
 
 
-def next_token_targets(tokens: Tensor, mask: Tensor) -> Tensor:
+def next_token_targets(tokens: Tensor, mask: Tensor, input_only: bool = False) -> Tensor:
     """``[B, T]`` targets: ``tokens[b, t + 1]`` where ``mask[b, t] ∧ mask[b, t + 1]``, ``IGNORE`` elsewhere (and in
-    the last column): the positions NextTokenCrossEntropy scores."""
+    the last column): the positions NextTokenCrossEntropy scores. ``input_only``: where ``mask[b, t]`` alone, as
+    sae_lens and SAEBench count CE (``loss_per_token[mask[:, :-1]]``; compat modes)."""
     targets = torch.full_like(tokens, IGNORE, dtype=torch.long)
     targets[:, :-1] = tokens[:, 1:]
     scored = torch.zeros_like(mask)
-    scored[:, :-1] = mask[:, :-1] & mask[:, 1:]
+    scored[:, :-1] = mask[:, :-1] if input_only else mask[:, :-1] & mask[:, 1:]
     targets[~scored] = IGNORE
     return targets
 
