@@ -264,7 +264,7 @@ def evaluate(
     converts = str(trainer.precision).endswith("-true") or str(trainer.precision) == "64"
     with left_as_found([model, *named.values()], converts_weights=converts):
         results = run_evaluation(model, named, module, mask, OmegaConf.to_container(cfg.splice), trainer, config,
-                                 cfg.compat)
+                                 compat=cfg.compat)
     if results is None:
         raise SaeevalError("saeeval.evaluate ran as a non-zero DDP rank; use the CLI for multi-process runs")
     return results

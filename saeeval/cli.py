@@ -59,7 +59,7 @@ def run_config(cfg: DictConfig, out_dir: Path) -> Results | None:
     saes = build(cfg.saes)(model)
     mask = build(cfg.mask)
     task = build(cfg.task)
-    results = run_evaluation(model, saes, task, mask, cfg.splice, trainer, config, features, cfg.compat)
+    results = run_evaluation(model, saes, task, mask, cfg.splice, trainer, config, features, compat=cfg.compat)
     if results is None:
         _drop_empty_child_log()
         return None
