@@ -24,7 +24,7 @@ from saeeval.conditions import build_conditions
 from saeeval.document import build_document, describe_model, sample_records
 from saeeval.errors import SaeevalError
 from saeeval.features.options import FeatureAttribution
-from saeeval.features.setup import feature_callback
+from saeeval.features.setup import feature_callback, trainer_kwargs
 from saeeval.masks import Masks, special_token_ids
 from saeeval.module import SAEEvalModule
 from saeeval.run_results import Results
@@ -186,12 +186,14 @@ def compose_config(task: str | None, options: Mapping[str, Any]) -> DictConfig:
 
     groups = [g for g in config_groups() if g not in IN_MEMORY]
     choices = {k: v for k, v in options.items() if k in groups and isinstance(v, str)}
+    if isinstance(options.get("features"), Mapping):
+        choices["features"] = "attribution"  # its keys as a dict: attribution with those options
     overrides = [f"+task={task}"] if task else []
     overrides += [f"{k}={v}" for k, v in choices.items()]
     with _config_tree():
         cfg = compose("config", overrides=overrides)
     for key, value in options.items():
-        if key in choices:
+        if key in choices and isinstance(value, str):
             continue
         if key in groups and isinstance(value, Mapping):
             for sub, v in _dotted(value):
@@ -240,8 +242,9 @@ def evaluate(
     `task` (a task name: toxicity, ioi, lm; or a TaskDataModule) and return its Results.
 
     `options` are the CLI's knobs with the CLI's defaults: limit, batch_size, seed, mask="answer" (or a dict of
-    mask keys), splice="each_layer", groups=[[...]], ablation="mean", singles, use_error_term, and the task's
-    own keys (n_examples=..., identities=...). `trainer` is a config choice ("cpu", "gpu"; default: "gpu" for
+    mask keys), splice="each_layer", groups=[[...]], ablation="mean", singles, use_error_term,
+    features="attribution" (or a dict of its keys, e.g. features={"positions": ["S2"], "top_k": 10}: which
+    latents move the logit difference, in `Results.features`), and the task's own keys (n_examples=...). `trainer` is a config choice ("cpu", "gpu"; default: "gpu" for
     a model on CUDA, else "cpu") or a Lightning Trainer. The model and SAEs are left exactly as they were (weights, hooks, modes, devices).
     """
     named = named_saes(saes)
@@ -259,12 +262,13 @@ def evaluate(
     quiet_lightning()
     mask = build(cfg.mask)
     module = build(cfg.task) if task_name else task
+    features = build(cfg.features) if cfg.get("features") else None
     if not isinstance(trainer, L.Trainer):
-        trainer = instantiate(cfg.trainer, logger=False, enable_progress_bar=False)
+        trainer = instantiate(cfg.trainer, logger=False, enable_progress_bar=False, **trainer_kwargs(features))
     converts = str(trainer.precision).endswith("-true") or str(trainer.precision) == "64"
     with left_as_found([model, *named.values()], converts_weights=converts):
         results = run_evaluation(model, named, module, mask, OmegaConf.to_container(cfg.splice), trainer, config,
-                                 compat=cfg.compat)
+                                 features, compat=cfg.compat)
     if results is None:
         raise SaeevalError("saeeval.evaluate ran as a non-zero DDP rank; use the CLI for multi-process runs")
     return results
