@@ -117,7 +117,7 @@ def run_evaluation(
         )
     module = SAEEvalModule(
         model, saes, conditions, mask, special_token_ids(model.tokenizer), task.has_answers, len(task.groups),
-        answer_position=task.answer_position, compat=compat,
+        answer_position=task.answer_position, compat=compat, generation=task.generation,
     )
     callback = None
     if features is not None:

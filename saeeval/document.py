@@ -18,8 +18,10 @@ from torch import Tensor
 
 import saeeval
 from saeeval.conditions import Condition
+from saeeval.metrics.generation import GenerationComputed, summarize_generation
 from saeeval.metrics.stats import ce_loss_score, kl_div_score, recovered, summarize_logit_diffs
 from saeeval.results import SCHEMA_VERSION, config_hash, versions
+from saeeval.tasks.generated import UNPARSED, generated_text
 
 CLEAN = "clean"
 GROUP_SUMS = ("n", "total", "total_sq", "n_correct")
@@ -36,6 +38,7 @@ class Computed:
     (GROUP_SUMS, float64 vectors) slices pool; `recon`: hook name -> Reconstruction values; `samples`: example
     ids and their logit diffs (ascending ids); `batchwise`: hook name -> a compat mode's per-batch metrics
     (`<metric>_saelens`, ...), reported beside `recon`'s. Task parts are None/empty when the task has no answers.
+    `generation`: the generated-answer states when the task's answer_mode generates (None otherwise).
     """
 
     name: str
@@ -47,6 +50,7 @@ class Computed:
     recon: dict[str, dict[str, float]]
     samples: tuple[list[int], list[float]] | None
     batchwise: dict[str, dict[str, float]] = field(default_factory=dict)
+    generation: GenerationComputed | None = None
 
 
 def json_number(v: Any) -> float | None:
@@ -80,6 +84,8 @@ def conditions_entry(computed: Sequence[Computed], has_answers: bool) -> dict[st
     clean_ce = json_number(clean.ce)
     clean_task = json_values(clean.task)
     out: dict[str, Any] = {CLEAN: {"task": clean_task, "lm": {"ce_loss": clean_ce}}}
+    if clean.generation is not None:
+        out[CLEAN]["generation"] = summarize_generation(clean.generation.counts)
     for res in computed:
         cond = res.condition
         if cond is None:
@@ -99,6 +105,8 @@ def conditions_entry(computed: Sequence[Computed], has_answers: bool) -> dict[st
                 entry["task"]["logit_diff_recovered"] = recovered(
                     clean_task.get("logit_diff"), entry["task"].get("logit_diff"), json_number(base.task["logit_diff"])
                 )
+        if res.generation is not None:
+            entry["generation"] = summarize_generation(res.generation.counts)
         if res.recon:
             entry["reconstruction"] = {hook: json_values({**r, **res.batchwise.get(hook, {})})
                                        for hook, r in res.recon.items()}
@@ -136,6 +144,8 @@ def slices_and_gaps(
                 for rate, keep in slice_rates.items():
                     sub = [i for i in idx if all(groups[i].get(f) == v for f, v in keep.items())]
                     stats[rate] = _pooled(sums, sub)["error_rate"] if sub else None
+                if res.generation is not None:
+                    stats["generation"] = summarize_generation(res.generation.counts, idx)
                 slices[key][res.name] = stats
                 per_value.setdefault(res.name, {})[value] = stats
         if len(values) > 1:
@@ -185,4 +195,17 @@ def sample_records(task: Any, computed: Sequence[Computed]) -> Iterator[dict[str
     for row, i in enumerate(ids):
         rec = task.example_record(i)
         rec["logit_diff"] = {name: v[row] for name, v in values.items()}
+        if computed[0].generation is not None:
+            rec["generation"] = {c.name: generated_record(task, c.generation, row, rec) for c in computed}
         yield rec
+
+
+def generated_record(task: Any, gen: Any, row: int, rec: Mapping[str, Any]) -> dict[str, Any]:
+    """One example's generation under one condition: the text the model wrote after the prompt, the answer parsed
+    from it (None: unparsed) and whether that is the correct answer."""
+    ex = task.examples[gen.ids[row]]
+    parsed = gen.parsed[row]
+    answers = [rec["correct_str"], rec["incorrect_str"]]
+    return {"text": generated_text(task.tokenizer, ex.tokens, gen.tokens[row])[1],
+            "answer": None if parsed == UNPARSED else answers[parsed].strip(), "correct": parsed == 0,
+            "tokens": [t for t in gen.tokens[row] if t >= 0]}

@@ -18,14 +18,17 @@ from torch import Tensor, nn
 from saeeval.compat import Compat, get_compat
 from saeeval.conditions import Condition, hooks_of
 from saeeval.document import CLEAN, GROUP_SUMS, Computed
+from saeeval.generation import SpliceAt, condition_hooks, generated_positions, greedy_generate
 from saeeval.masks import BatchMasks, Masks
 from saeeval.means import ActivationMeans
 from saeeval.metrics.batchwise import BatchwiseReconstruction
 from saeeval.metrics.lm_loss import KLDivergence, NextTokenCrossEntropy
 from saeeval.metrics.logit_diff import GroupedLogitDiff, LogitDiff, PerExample
+from saeeval.metrics.generation import GenerationMetrics
 from saeeval.metrics.reconstruction import Reconstruction
 from saeeval.scoring import answer_logit_diff, score_lm
 from saeeval.splicing import Splicer, conditions_per_forward
+from saeeval.tasks.generated import GenerationOptions, generated_text, parse_answer
 
 FINALS_BUDGET = 1 << 28
 """Bytes of conditions' final residuals held at once per batch (256 MiB); more conditions are scored in groups."""
@@ -82,7 +85,8 @@ class SAEEvalModule(L.LightningModule):
     `condition_batch`: how many conditions starting at the same block share one forward (None:
     `splicing.conditions_per_forward`, 1 on CPU). `mask` chooses where SAEs and ablations replace activations
     and which positions CE/KL count; `compat` (none | saelens | saebench, saeeval.compat) reproduces those
-    tools' ablation positions and definitions.
+    tools' ablation positions and definitions. `generation` (a task's answer options): when it
+    generates, every condition also writes greedy continuations whose parsed answers are counted (`_generate`).
     """
 
     def __init__(
@@ -97,6 +101,7 @@ class SAEEvalModule(L.LightningModule):
         condition_batch: int | None = None,
         answer_position: str | None = None,
         compat: Compat | str | None = None,
+        generation: GenerationOptions | None = None,
     ):
         super().__init__()
         self.model = model.requires_grad_(False)
@@ -117,6 +122,10 @@ class SAEEvalModule(L.LightningModule):
                                  batchwise=self.compat.batchwise)
                 for c in self.conditions
             ]
+        )
+        self.generation = generation if generation is not None and generation.generates and has_answers else None
+        self.generated = None if self.generation is None else nn.ModuleList(
+            GenerationMetrics(num_groups, self.generation.max_new_tokens) for _ in range(1 + len(self.conditions))
         )
         self.means: dict[str, Tensor] | None = None
         self.computed: list[Computed] | None = None
@@ -175,6 +184,7 @@ class SAEEvalModule(L.LightningModule):
         keep = masks.score[masks.splice] if self.compat.recon_within_score else None
         clean = self.splicer.clean(tokens, attention_mask, self.hooks)
         clean_ld = self._update_answers(self.metrics[0], clean.final, batch, None)
+        lds = {0: clean_ld}
         per_forward = self.condition_batch or conditions_per_forward(self.model, tokens.shape)
         for n, group in enumerate(self._groups(clean.final)):
             finals: list[Tensor | None] = [None] * len(group)
@@ -182,12 +192,33 @@ class SAEEvalModule(L.LightningModule):
             for j, out in self.splicer.iter_many(conds, clean, masks.splice, self.means, per_forward, masks.ablate):
                 metrics = self.metrics[1 + group[j]]
                 metrics.update_recon(out.recon, keep)
-                self._update_answers(metrics, out.final, batch, clean_ld)
+                lds[1 + group[j]] = self._update_answers(metrics, out.final, batch, clean_ld)
                 finals[j] = out.final
             scored = [self.metrics[1 + i] for i in group]
             score_lm(self.splicer.unembed, clean.final, finals, tokens, masks.score,  # type: ignore[arg-type]
                      self.metrics[0].ce if n == 0 else None, [m.ce for m in scored], [m.kl for m in scored],
                      input_only=self.compat.ce_input_only)
+        if self.generated is not None:
+            self._generate(batch, SpliceAt(masks.splice, masks.ablate), lds)
+
+    def _generate(self, batch: Mapping[str, Any], prompt_at: SpliceAt, lds: Mapping[int, Tensor]) -> None:
+        """Greedy continuations under clean and every condition (spliced in the prompt at `prompt_at` and at the
+        generated positions per saeeval.generation), parsed into answers and counted against the logit
+        difference's label of the same condition."""
+        opts, tok = self.generation, self.model.tokenizer
+        tokens, attention_mask = batch["tokens"], batch["attention_mask"]
+        prompts = [row[m.bool()].tolist() for row, m in zip(tokens, attention_mask)]
+        cands = [[tok.decode([int(c)]).strip(), tok.decode([int(i)]).strip()]
+                 for c, i in zip(batch["correct"], batch["incorrect"])]
+        step_at = generated_positions(self.masks.splice, self.special_ids, self.compat.ablate_special)
+        for k, cond in enumerate([None, *self.conditions]):
+            new = greedy_generate(self.model, tokens, attention_mask, opts.max_new_tokens, prompt_at, step_at,
+                                  condition_hooks(self.splicer, cond, self.means), tok.eos_token_id)
+            parsed = [parse_answer(opts.answer_regex, *generated_text(tok, p, g), c)
+                      for p, g, c in zip(prompts, new.tolist(), cands)]
+            parsed_t = torch.tensor(parsed, dtype=torch.long, device=tokens.device)
+            self.generated[k].labels.update(parsed_t, batch["group"], lds[k])
+            self.generated[k].tokens.update(batch["example_id"], new, parsed_t)
 
     def _groups(self, final: Tensor) -> list[list[int]]:
         """Condition indices in groups whose final residuals fit FINALS_BUDGET together (at least one group, so the
@@ -227,7 +258,10 @@ class SAEEvalModule(L.LightningModule):
         shapes them into results.json."""
         hook_of = {name: sae.cfg.metadata.hook_name for name, sae in self.saes.items()}
         conds: list[Condition | None] = [None, *self.conditions]
-        return [_compute(cond, m, hook_of) for cond, m in zip(conds, self.metrics)]
+        computed = [_compute(cond, m, hook_of) for cond, m in zip(conds, self.metrics)]
+        for res, gen in zip(computed, self.generated or []):
+            res.generation = gen.compute()
+        return computed
 
 
 def _compute(cond: Condition | None, m: ConditionMetrics, hook_of: Mapping[str, str]) -> Computed:

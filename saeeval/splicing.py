@@ -270,6 +270,34 @@ class Splicer:
         elif cond.ablation != "zero":
             raise SaeevalError(f"condition {cond.name!r}: ablation {cond.ablation!r} is unknown; use zero or mean")
 
+    def replacement(
+        self,
+        cond: Condition,
+        hook_name: str,
+        act: torch.Tensor,
+        mask: torch.Tensor,
+        means: Mapping[str, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, Recon | None]:
+        """`act` with the condition's replacement at `mask`'s positions (zeros, the mean, or the SAE's
+        reconstruction, plus the error term when asked) and, for an SAE, its `(x, x_hat, feats)` there.
+
+        The one definition of a splice: the suffix passes here and generation (saeeval.generation) both use it.
+        """
+        m = mask.to(act.device)
+        out = act.clone()
+        if cond.ablation == "zero":
+            out[m] = 0
+            return out, None
+        if cond.ablation == "mean":
+            out[m] = means[hook_name].to(out)  # type: ignore[index]
+            return out, None
+        name = next(n for n in cond.saes if sae_hook(self.saes[n]) == hook_name)
+        sel = act[m]
+        x, x_hat, feats = encode_decode(self.saes[name], sel)
+        new = x_hat + (x - x_hat) if cond.use_error_term else x_hat
+        out[m] = new.reshape(sel.shape).to(out.dtype)
+        return out, (x, x_hat, feats)
+
     @torch.no_grad()
     def _run_chunk(
         self,
@@ -292,19 +320,10 @@ class Splicer:
         def splice_one(i: int, hook_name: str, base: torch.Tensor) -> torch.Tensor:
             """`base` with condition i's replacement written at the masked-in positions (SAE: recon recorded)."""
             cond = conds[i]
-            m = (mask if cond.ablation is None or ablate_mask is None else ablate_mask).to(base.device)
-            out = base.clone()
-            if cond.ablation == "zero":
-                out[m] = 0
-            elif cond.ablation == "mean":
-                out[m] = means[hook_name].to(out)  # type: ignore[index]
-            else:
-                name = sae_at[i][hook_name]
-                sel = base[m]
-                x, x_hat, feats = encode_decode(self.saes[name], sel)
-                new = x_hat + (x - x_hat) if cond.use_error_term else x_hat
-                out[m] = new.reshape(sel.shape).to(out.dtype)
-                recons[i][name] = (x, x_hat, feats)
+            m = mask if cond.ablation is None or ablate_mask is None else ablate_mask
+            out, recon = self.replacement(cond, hook_name, base, m, means)
+            if recon is not None:
+                recons[i][sae_at[i][hook_name]] = recon
             return out
 
         def splice(act: torch.Tensor, hook: Any) -> torch.Tensor:

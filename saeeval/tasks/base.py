@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from saeeval.errors import SaeevalError
 from saeeval.tasks.answers import tokenizer_name
+from saeeval.tasks.generated import GenerationOptions
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class TaskDataModule(L.LightningDataModule):
     slice_rates: Mapping[str, Mapping[str, str]] = MappingProxyType({})
     """Per-slice error rates over a sub-population: rate name -> group fields it keeps, e.g. toxicity's
     false_positive_rate = error rate on the slice's {"label": "nontoxic"} examples."""
+    generation: GenerationOptions | None = None
+    """How answers are read (logit difference and/or greedy generation); None: the task cannot generate."""
 
     def __init__(self, batch_size: int = 32, limit: int | None = None, seed: int = 0, num_workers: int = 0) -> None:
         super().__init__()
@@ -119,6 +122,15 @@ class TaskDataModule(L.LightningDataModule):
                 f"(longest {max(len(e.tokens) for e in too_long)} tokens); "
                 "use shorter prompts or a longer-context model"
             )
+        gen = self.generation
+        if gen is not None and gen.generates and self.n_ctx is not None:
+            longest = max(len(e.tokens) for e in examples)
+            if longest + gen.max_new_tokens > self.n_ctx:
+                raise SaeevalError(
+                    f"task {self.name!r}: the longest prompt ({longest} tokens) plus task.max_new_tokens="
+                    f"{gen.max_new_tokens} exceeds the model's context n_ctx={self.n_ctx}; "
+                    f"set task.max_new_tokens={max(1, self.n_ctx - longest)} or lower"
+                )
         self.examples = examples
         self.dataset_hash = hashlib.sha256(
             json.dumps([[e.prompt, e.tokens, e.correct, e.incorrect] for e in examples]).encode("utf-8")

@@ -13,6 +13,7 @@ from typing import Any
 from saeeval.errors import SaeevalError
 from saeeval.tasks.answers import resolve_answer, resolve_prompt, span_token_positions, tokenizer_name
 from saeeval.tasks.base import TaskDataModule, TaskExample
+from saeeval.tasks.generated import FIRST_NAME_REGEX, GenerationOptions
 from saeeval.tasks.words import IOIPrompt, generate_ioi, load_words
 
 ORDERS = ("BABA", "ABBA")
@@ -23,6 +24,8 @@ class IOIDataModule(TaskDataModule):
     """IOI prompts; correct = IO name token, incorrect = S name token; positions IO, S1, S2 and END (last token).
 
     `names`: the name pool (default: the 99 Easy-Transformer names); each is checked to be a single token.
+    `answer_mode`, `max_new_tokens`, `answer_regex`: also answer by greedy generation, read as the first of the
+    two names the model writes (saeeval.tasks.generated).
     """
 
     name = "ioi"
@@ -35,6 +38,9 @@ class IOIDataModule(TaskDataModule):
         self,
         n_examples: int = 400,
         names: Sequence[str] | None = None,
+        answer_mode: str = "logit_diff",
+        max_new_tokens: int = 4,
+        answer_regex: str = FIRST_NAME_REGEX,
         batch_size: int = 32,
         limit: int | None = None,
         seed: int = 0,
@@ -47,9 +53,10 @@ class IOIDataModule(TaskDataModule):
         self.names = None if names is None else list(dict.fromkeys(str(n) for n in names))
         if self.names is not None and len(self.names) < 2:
             raise SaeevalError(f"task.names={self.names} needs at least two distinct names")
+        self.generation = GenerationOptions(str(answer_mode), int(max_new_tokens), str(answer_regex))
 
     def options(self) -> dict[str, Any]:
-        return {"n_examples": self.n_examples, "names": self.names}
+        return {"n_examples": self.n_examples, "names": self.names, **self.generation.describe()}
 
     def _single_token(self, context: str, word: str) -> bool:
         try:

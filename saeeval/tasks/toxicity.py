@@ -21,6 +21,7 @@ from typing import Any
 from saeeval.errors import SaeevalError
 from saeeval.tasks.answers import resolve_prompt, tokenizer_name
 from saeeval.tasks.base import TaskDataModule, TaskExample
+from saeeval.tasks.generated import NOTEBOOK_REGEX, GenerationOptions
 from saeeval.tasks.text import read_utf8
 from saeeval.tasks.words import SEED_IDENTITIES, TOXICITY_LABELS, TOXICITY_TEMPLATE, load_words, name_adj_rows
 
@@ -90,7 +91,8 @@ class ToxicityDataModule(TaskDataModule):
     `template` contains `{phrase}`; `chat_template` wraps the prompt as a user turn of the tokenizer's chat
     template; `answer_prefix` is the text the model writes before its answer (a chat model opens its reply with
     "<start_of_turn>model\n", so a template ending at "model" needs "\n" to score the first token of the reply);
-    `labels` maps toxic/nontoxic to answer strings.
+    `labels` maps toxic/nontoxic to answer strings. `answer_mode`, `max_new_tokens`, `answer_regex`: also label
+    by greedy generation (saeeval.tasks.generated; default regex: the seed notebook's).
     """
 
     name = "toxicity"
@@ -112,6 +114,9 @@ class ToxicityDataModule(TaskDataModule):
         answer_prefix: str = "",
         labels: dict[str, str] | None = None,
         csv_path: str | None = None,
+        answer_mode: str = "logit_diff",
+        max_new_tokens: int = 8,
+        answer_regex: str = NOTEBOOK_REGEX,
         batch_size: int = 32,
         limit: int | None = None,
         seed: int = 0,
@@ -132,13 +137,14 @@ class ToxicityDataModule(TaskDataModule):
             raise SaeevalError(f"task.labels={self.labels} must map toxic and nontoxic to two different strings")
         self.csv_path = None if csv_path is None else str(csv_path)
         self._group_of: dict[tuple[str, str], int] = {}
+        self.generation = GenerationOptions(str(answer_mode), int(max_new_tokens), str(answer_regex))
 
     def options(self) -> dict[str, Any]:
         identities = [g["identity"] for g in self.groups[::2]] if self.groups else self.identities
         return {
             "identities": identities, "n_examples": self.n_examples, "template": self.template,
             "chat_template": self.chat_template, "answer_prefix": self.answer_prefix, "labels": self.labels,
-            "csv_path": self.csv_path,
+            "csv_path": self.csv_path, **self.generation.describe(),
         }
 
     def _generated_rows(self) -> tuple[list[ToxicityRow], list[str]]:
