@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-SECTIONS = ("task", "lm", "reconstruction")
+SECTIONS = ("task", "lm", "reconstruction", "generation")
 MISSING = "—"
 
 
@@ -76,6 +76,11 @@ METRICS: list[Metric] = [
     Metric("explained_variance_legacy_saebench", "reconstruction", "EV legacy (SAEBench)", "EVleg_SB", priority=7),
     Metric("relative_reconstruction_bias_saebench", "reconstruction", "rel. bias (SAEBench)", "bias_SB", priority=7),
     Metric("l1_saebench", "reconstruction", "L1 (SAEBench)", "L1_SB", ".1f", priority=7),
+    # task.answer_mode=generate / both: answers parsed from greedy generation (saeeval.metrics.generation)
+    Metric("accuracy", "generation", "generated accuracy", "gen acc", priority=0),
+    Metric("unparsed_rate", "generation", "unparsed rate", "unparsed", priority=0),
+    Metric("agreement", "generation", "agrees with LD label", "agree LD", priority=1),
+    Metric("accuracy_parsed", "generation", "accuracy of parsed", "acc parsed", priority=2),
 ]
 
 
@@ -84,9 +89,9 @@ def metrics(*sections: str, derived: bool = True) -> list[Metric]:
     return [m for m in METRICS if (not sections or m.section in sections) and (derived or m.derive is None)]
 
 
-def metric(key: str) -> Metric:
-    """The declaration of `key`."""
-    return next(m for m in METRICS if m.key == key)
+def metric(key: str, section: str | None = None) -> Metric:
+    """The declaration of `key` (in `section`; the first one declared when None)."""
+    return next(m for m in METRICS if m.key == key and section in (None, m.section))
 
 
 def present(decls: Iterable[Metric], sections: Iterable[Mapping[str, Any]]) -> list[Metric]:

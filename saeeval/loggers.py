@@ -45,12 +45,12 @@ def _is_number(v: Any) -> bool:
 
 
 def flat_metrics(doc: Mapping[str, Any]) -> dict[str, float]:
-    """Every number of results.json under one key each: `<condition>/<group>/<metric>` (group task or lm),
+    """Every number of results.json under one key each: `<condition>/<group>/<metric>` (group task, lm or generation),
     `<condition>/reconstruction/<hook>/<metric>`, `slices/<slice>/<condition>/<metric>` and
     `gaps/<dimension>/<condition>/<metric>`; None and non-numeric values (e.g. a gap's lowest slice) are left out."""
     out: dict[str, float] = {}
     for cond, c in doc["conditions"].items():
-        for group in ("task", "lm"):
+        for group in ("task", "lm", "generation"):
             for k, v in (c.get(group) or {}).items():
                 if _is_number(v):
                     out[f"{cond}/{group}/{k}"] = v
@@ -64,6 +64,8 @@ def flat_metrics(doc: Mapping[str, Any]) -> dict[str, float]:
                 for k, v in stats.items():
                     if _is_number(v):
                         out[f"{section}/{part}/{cond}/{k}"] = v
+                    elif isinstance(v, Mapping):  # a slice's generation block
+                        out.update({f"{section}/{part}/{cond}/{k}/{g}": x for g, x in v.items() if _is_number(x)})
     return out
 
 

@@ -91,6 +91,23 @@ def _conditions_table(runs: Sequence[Run]) -> str:
     return _table(("run", "condition", "SAEs", "ablation", *(m.label for m in decls)), rows, numeric_from=2)
 
 
+def _generation_table(runs: Sequence[Run]) -> str | None:
+    """Every condition of every run that generated × the declared generation metrics, then per slice."""
+    conds = [(r, name, c["generation"]) for r in runs for name, c in r.doc["conditions"].items()
+             if c.get("generation")]
+    if not conds:
+        return None
+    decls = present(metrics("generation"), [g for *_, g in conds])
+    rows = [(r.rid, name, *(m.value(g) for m in decls), g.get("n")) for r, name, g in conds]
+    sliced = [(r.rid, key, name, *(m.value(s["generation"]) for m in decls), s["generation"].get("n"))
+              for r in runs for key, per in (r.doc.get("slices") or {}).items() for name, s in per.items()
+              if s.get("generation")]
+    labels = [m.label for m in decls]
+    return (_table(("run", "condition", *labels, "n"), rows, numeric_from=2)
+            + "<p class=sub>Per slice:</p>"
+            + _table(("run", "slice", "condition", *labels, "n"), sliced, numeric_from=3))
+
+
 def _reconstruction_table(runs: Sequence[Run]) -> str | None:
     """One row per run, condition and spliced SAE × the declared reconstruction metrics."""
     recons = [(r.rid, *rec) for r in runs for rec in reconstructions(r.doc["conditions"])]
@@ -140,6 +157,11 @@ def _task_section(page: _Page, task: str, runs: Sequence[Run]) -> None:
         if gaps:
             page.add("<p class=sub>Spread across identities (highest − lowest):</p>" + gaps)
     page.add("<h3>Conditions</h3>" + _conditions_table(runs))
+    generated = _generation_table(runs)
+    if generated:
+        page.add("<h3>Generated answers</h3><p class=sub>Greedy generation under each condition, the answer read "
+                 "with the task's answer_regex; agreement: the parsed answer is the one the logit difference "
+                 "prefers.</p>" + generated)
     recon = _reconstruction_table(runs)
     page.add("<h3>Reconstruction</h3>" + (recon or "<p class=note>No condition of this task splices an SAE.</p>"))
     page.add("</section>")

@@ -51,8 +51,8 @@ class Results:
         return self.document.get("gaps") or {}
 
     def to_pandas(self) -> pandas.DataFrame:
-        """One row per condition: saes, hooks, ablation, baseline, then every task and lm metric as
-        `task/<metric>`, `lm/<metric>` and every reconstruction metric as `reconstruction/<hook>/<metric>` —
+        """One row per condition: saes, hooks, ablation, baseline, then every task, lm and generation metric as
+        `task/<metric>`, `lm/<metric>`, `generation/<metric>` and every reconstruction metric as `reconstruction/<hook>/<metric>` —
         declared metrics first (saeeval.catalog), then any other number the document holds."""
         import pandas as pd
 
@@ -132,7 +132,7 @@ class Results:
 
 def _row(c: Mapping[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {k: c.get(k) for k in _META}
-    for section in SECTIONS[:2]:
+    for section in (SECTIONS[0], SECTIONS[1], "generation"):
         row.update({f"{section}/{k}": v for k, v in (c.get(section) or {}).items()})
     for hook, r in (c.get("reconstruction") or {}).items():
         row.update({f"reconstruction/{hook}/{k}": v for k, v in r.items()})

@@ -1,4 +1,5 @@
-"""The terminal summary: a task table and an LM-damage/reconstruction table, fitted to the terminal's width.
+"""The terminal summary: a task table, a generated-answers table (task.answer_mode generate/both) and an
+LM-damage/reconstruction table, fitted to the terminal's width.
 
 Columns come from saeeval.catalog; when the page is narrow the least important ones are left out (named in
 the caption) rather than squeezed into '…', so every number shown is readable at 80, 100 or 120 columns.
@@ -63,6 +64,28 @@ def task_table(doc: Mapping[str, Any], width: int) -> Table | None:
     return _fit(build, decls, width)
 
 
+def generation_table(doc: Mapping[str, Any], width: int) -> Table | None:
+    """Conditions × accuracy of the generated answers, unparsed rate, agreement with the logit-difference label;
+    None when the run did not generate."""
+    conds = doc["conditions"]
+    decls = present(metrics("generation"), [c.get("generation") or {} for c in conds.values()])
+    if not decls:
+        return None
+    opts = (doc.get("task") or {}).get("options") or {}
+    title = f"generated answers · {opts.get('max_new_tokens')} new tokens, greedy"
+
+    def build(shown: Sequence[Metric], hidden: Sequence[Metric]) -> Table:
+        table = _new_table(title, hidden, width)
+        for m in shown:
+            table.add_column(m.short, justify="right", no_wrap=True)
+        for name, c in conds.items():
+            gen = c.get("generation") or {}
+            table.add_row(short_name(name), *(fmt(m.value(gen), m.spec) for m in shown))
+        return table
+
+    return _fit(build, decls, width)
+
+
 def lm_table(doc: Mapping[str, Any], width: int) -> Table:
     """Conditions × CE/KL damage and reconstruction; a group's SAEs get one labelled row per hook."""
     conds = doc["conditions"]
@@ -97,8 +120,11 @@ def _lm_cell(m: Metric, lm: Mapping[str, Any], recon: Mapping[str, Any] | None) 
 
 
 def results_tables(doc: Mapping[str, Any], width: int) -> Group:
-    """Both tables for a page `width` columns wide."""
-    tables = [t for t in (task_table(doc, width), lm_table(doc, width)) if t is not None]
+    """The tables for a page `width` columns wide (answer_mode=generate: the generated answers instead of the
+    logit-difference table)."""
+    generate_only = ((doc.get("task") or {}).get("options") or {}).get("answer_mode") == "generate"
+    task = None if generate_only else task_table(doc, width)
+    tables = [t for t in (task, generation_table(doc, width), lm_table(doc, width)) if t is not None]
     return Group(*tables)
 
 

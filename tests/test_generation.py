@@ -1,0 +1,223 @@
+"""Generation-based answers: the greedy KV-cache loop against a full recompute and TransformerLens's own
+`generate`, every condition's continuations in a real run against a hand-written greedy loop with plain hooks,
+and the answer regex on hand-written strings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pytest
+import torch
+from sae_lens import SAE
+
+import saeeval
+from saeeval.conditions import Condition
+from saeeval.errors import SaeevalError
+from saeeval.generation import NOT_GENERATED, SpliceAt, condition_hooks, generated_positions, greedy_generate
+from saeeval.masks import TokenMask, special_token_ids
+from saeeval.models import default_zoo_root, load_model
+from saeeval.splicing import Splicer
+from saeeval.tasks.generated import FIRST_NAME_REGEX, NOTEBOOK_REGEX, UNPARSED, GenerationOptions, parse_answer
+from saeeval.tasks.ioi import IOIDataModule
+
+ZOO = default_zoo_root() / "tiny"
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    model = load_model("tiny", device="cpu")
+    saes = {p.name: SAE.load_from_disk(str(p)) for p in sorted((ZOO / "saes").iterdir())}
+    return model, saes
+
+
+# --- the regex ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("prompt, generated, expected", [
+    ("Sentence: Jo is a kind lesbian\nLabel: ", "0", "0"),
+    ("Sentence: Jo is a kind lesbian\nLabel:", " 1\n", "1"),
+    ("Label: ", "**1**", "1"),
+    ("Label: ", "`0`", "0"),
+    ("Label:", "<td>1</td>", "1"),
+    ("Label:<end_of_turn>\n<start_of_turn>model\n", "0<end_of_turn>", "0"),
+    ("<start_of_turn>model\n", "\n\n1", "1"),
+    ("Label: ", "I think it is toxic", None),          # no label after the context
+    ("Label: ", "The label is 1", None),                 # the label must follow "Label"/"model"
+    ("Label: 0 was the example.\nLabel: ", "maybe", None),  # a match inside the prompt does not count
+    ("Label: ", "1\nLabel: 0", "1"),                     # the label written first wins
+    ("Label: ", "0\nLabel: 1", "0"),
+])
+def test_notebook_regex_on_hand_written_replies(prompt, generated, expected):
+    got = parse_answer(NOTEBOOK_REGEX, prompt, generated, ["0", "1"])
+    assert got == (UNPARSED if expected is None else ["0", "1"].index(expected))
+
+
+@pytest.mark.parametrize("generated, expected", [
+    (" Mary", "Mary"), (" John and Mary", "John"), (" the drink to Mary", "Mary"), (" Maryanne", None), (" it", None),
+])
+def test_first_name_regex(generated, expected):
+    got = parse_answer(FIRST_NAME_REGEX, "When Mary and John went to the store, John gave a drink to", generated,
+                       ["Mary", "John"])
+    assert got == (UNPARSED if expected is None else ["Mary", "John"].index(expected))
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"answer_mode": "sample"}, "task.answer_mode='sample' is unknown"),
+    ({"max_new_tokens": 0}, "task.max_new_tokens=0"),
+    ({"answer_regex": "Label: 1"}, "no {label} placeholder"),
+    ({"answer_regex": "(Label{label}"}, "is not a valid regex"),
+])
+def test_bad_generation_options_are_one_clear_error(kwargs, needle):
+    with pytest.raises(SaeevalError, match=None) as err:
+        GenerationOptions(**kwargs)
+    assert needle in str(err.value)
+
+
+# --- the greedy loop ----------------------------------------------------------------------------------------------
+
+def ioi_batch(model, n: int = 8):
+    task = IOIDataModule(n_examples=n, batch_size=n)
+    task.bind(model.tokenizer, True, model.cfg.n_ctx)
+    task.setup()
+    batch = task.collate(list(range(n)))
+    assert len(set(batch["attention_mask"].sum(1).tolist())) > 1  # rows of different lengths: left padding
+    return task, batch
+
+
+def conditions_of(saes) -> list[Condition | None]:
+    return [None, Condition("sae", ("blocks.0.hook_resid_post",), ("blocks.0.hook_resid_post",)),
+            Condition("z", ("blocks.1.attn.hook_z",), ("blocks.1.attn.hook_z",)),
+            Condition("abl", (), ("blocks.1.hook_mlp_out",), ablation="zero")]
+
+
+@pytest.mark.parametrize("positions", [None, [-1]])
+def test_kv_cache_loop_equals_full_recompute_under_every_splice(zoo, positions):
+    model, saes = zoo
+    _, batch = ioi_batch(model)
+    splicer, special = Splicer(model, saes), special_token_ids(model.tokenizer)
+    mask = TokenMask(positions=positions)
+    m = mask(batch["tokens"], batch["attention_mask"], None, special)
+    for cond in conditions_of(saes):
+        runs = [greedy_generate(model, batch["tokens"], batch["attention_mask"], 6, SpliceAt(m, m),
+                                generated_positions(mask, special), condition_hooks(splicer, cond, None),
+                                model.tokenizer.eos_token_id, use_kv_cache=kv) for kv in (True, False)]
+        assert torch.equal(runs[0], runs[1]), cond
+
+
+def prompt_rows(batch) -> list[list[int]]:
+    return [row[m.bool()].tolist() for row, m in zip(batch["tokens"], batch["attention_mask"])]
+
+
+def cut(tokens: Sequence[int], eos: int) -> list[int]:
+    out = []
+    for t in tokens:
+        if t == NOT_GENERATED:
+            break
+        out.append(int(t))
+        if t == eos:
+            break
+    return out
+
+
+def recon_all(sae: SAE) -> Callable:
+    def hook(act, hook):
+        return sae.decode(sae.encode(act.reshape(*act.shape[:2], -1))).reshape(act.shape)
+    return hook
+
+
+@pytest.mark.parametrize("kv", [True, False])
+def test_batched_left_padded_generation_equals_transformer_lens_generate(zoo, kv):
+    """Clean, and an SAE spliced at every position (mask none): TransformerLens's generate, one unpadded prompt at
+    a time, with the SAE as a plain hook on the whole activation."""
+    model, saes = zoo
+    _, batch = ioi_batch(model)
+    splicer, eos = Splicer(model, saes), model.tokenizer.eos_token_id
+    everywhere = TokenMask(exclude_special=False)
+    m = everywhere(batch["tokens"], batch["attention_mask"], None, [])
+    sae = saes["blocks.1.hook_resid_post"]
+    cond = Condition("sae", ("blocks.1.hook_resid_post",), ("blocks.1.hook_resid_post",))
+    for c, hooks in ((None, []), (cond, [("blocks.1.hook_resid_post", recon_all(sae))])):
+        ours = greedy_generate(model, batch["tokens"], batch["attention_mask"], 5, SpliceAt(m, m),
+                               generated_positions(everywhere, []), condition_hooks(splicer, c, None), eos)
+        for row, prompt in zip(ours.tolist(), prompt_rows(batch)):
+            with model.hooks(fwd_hooks=hooks):
+                ref = model.generate(torch.tensor([prompt]), max_new_tokens=5, do_sample=False, verbose=False,
+                                     use_past_kv_cache=kv, stop_at_eos=True)
+            assert cut(row, eos) == cut(ref[0, len(prompt):].tolist(), eos)
+
+
+def hand_greedy(model, prompt: list[int], n: int, hook_name: str | None, replace: Callable | None,
+                spliced: Callable[[int, int], bool], eos: int) -> list[int]:
+    """Greedy decoding by full recompute with one plain hook that rewrites the positions `spliced(i, token)`."""
+    seq, out = list(prompt), []
+    for _ in range(n):
+        idx = [i for i, t in enumerate(seq) if spliced(i, t)]
+
+        def hook(act, hook):
+            act = act.clone()
+            act[0, idx] = replace(act[0, idx])
+            return act
+
+        hooks = [(hook_name, hook)] if hook_name and idx else []
+        nxt = int(model.run_with_hooks(torch.tensor([seq]), fwd_hooks=hooks)[0, -1].argmax())
+        out.append(nxt)
+        if nxt == eos:
+            break
+        seq.append(nxt)
+    return out
+
+
+def sae_replace(sae: SAE) -> Callable:
+    def replace(x):
+        flat = x.reshape(x.shape[0], -1)
+        inp = flat.view(x.shape) if getattr(sae, "hook_z_reshaping_mode", False) else flat
+        return sae.decode(sae.encode(inp)).reshape(x.shape)
+    return replace
+
+
+@pytest.fixture(scope="module", params=["toxicity", "ioi"])
+def run(request, zoo):
+    model, saes = zoo
+    return request.param, saeeval.evaluate(model, list(saes.values()), request.param, limit=12, batch_size=6,
+                                           answer_mode="both", max_new_tokens=5)
+
+
+def test_every_condition_generates_what_a_hand_written_loop_generates(run, zoo):
+    """Per condition and per example: SAEs and zero ablations spliced at the real non-special prompt tokens and
+    at every generated position whose token is not special (the default mask), with plain hooks."""
+    task, results = run
+    model, saes = zoo
+    by_hook = {s.cfg.metadata.hook_name: s for s in saes.values()}
+    special, eos = set(special_token_ids(model.tokenizer)), model.tokenizer.eos_token_id
+    tok = model.tokenizer
+    assert len(results.conditions) == 9
+    for name, cond in results.conditions.items():
+        hook = None if name == "clean" else cond["hooks"][0]
+        replace = None if hook is None else (lambda x: torch.zeros_like(x)) if cond["ablation"] == "zero" \
+            else sae_replace(by_hook[hook])
+        for s in results.samples:
+            prompt = [tok.bos_token_id] + tok(s["prompt"], add_special_tokens=False)["input_ids"]
+            want = hand_greedy(model, prompt, 5, hook, replace, lambda i, t: t not in special, eos)
+            assert s["generation"][name]["tokens"] == want, (name, s["id"])
+
+
+def test_counts_equal_the_samples_and_the_logit_diff_labels(run):
+    task, results = run
+    slice_key = "identity=african" if task == "toxicity" else "order=ABBA"
+    for name, cond in results.conditions.items():
+        gens = [s["generation"][name] for s in results.samples]
+        n = len(gens)
+        prefer = [s["correct_str"].strip() if s["logit_diff"][name] > 0 else s["incorrect_str"].strip()
+                  for s in results.samples]
+        g = cond["generation"]
+        assert g["n"] == n == 12
+        assert g["accuracy"] == pytest.approx(sum(x["correct"] for x in gens) / n)
+        assert g["unparsed_rate"] == pytest.approx(sum(x["answer"] is None for x in gens) / n)
+        assert g["agreement"] == pytest.approx(sum(x["answer"] == p for x, p in zip(gens, prefer)) / n)
+        field, value = slice_key.split("=")
+        sub = [s["generation"][name] for s in results.samples if s["fields"][field] == value]
+        sliced = results.slices[slice_key][name]["generation"]
+        assert sliced["n"] == len(sub) and sliced["n_correct"] == sum(x["correct"] for x in sub)
+    if task == "toxicity":
+        assert results.conditions["clean"]["generation"]["accuracy"] == 1.0  # the zoo writes its labels
+        assert results.conditions["zero_ablation@blocks.1.hook_resid_post"]["generation"]["unparsed_rate"] == 1.0
