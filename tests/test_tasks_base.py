@@ -103,7 +103,8 @@ def test_example_record_and_describe_carry_the_answers(gpt2_tokenizer):
     d = dm.describe()
     assert d == {
         "name": "ioi", "n_examples": 6, "dataset_hash": dm.dataset_hash,
-        "options": {"n_examples": 6, "names": None, "limit": None, "seed": 3, "prepend_bos": True},
+        "options": {"n_examples": 6, "names": None, "answer_mode": "logit_diff", "max_new_tokens": 4,
+                    "answer_regex": r"\b{label}\b", "limit": None, "seed": 3, "prepend_bos": True},
     }
 
 
