@@ -26,6 +26,7 @@ from saeeval.errors import SaeevalError
 from saeeval.features.options import FeatureAttribution
 from saeeval.features.setup import feature_callback, trainer_kwargs
 from saeeval.masks import Masks, special_token_ids
+from saeeval.finite import non_finite_error
 from saeeval.module import SAEEvalModule
 from saeeval.run_results import Results
 from saeeval.saes import sae_hook, validate_saes
@@ -271,6 +272,8 @@ def evaluate(
                                  features, compat=cfg.compat)
     if results is None:
         raise SaeevalError("saeeval.evaluate ran as a non-zero DDP rank; use the CLI for multi-process runs")
+    if (err := non_finite_error(results.document, "the returned Results")) is not None:
+        warnings.warn(str(err), RuntimeWarning, stacklevel=2)  # a notebook keeps its Results; the CLI exits 2
     return results
 
 

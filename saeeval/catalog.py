@@ -14,6 +14,9 @@ from typing import Any
 
 SECTIONS = ("task", "lm", "reconstruction", "generation")
 MISSING = "—"
+NAN = "nan"
+"""results.json's mark for a value that is NaN/inf because the run's outputs became non-finite (JSON has no NaN;
+null means "not applicable"); shown as "NaN"."""
 
 
 @dataclass(frozen=True)
@@ -36,16 +39,26 @@ class Metric:
 
 
 def fmt(value: Any, spec: str | None = None) -> str:
-    """A cell: '—' for null, `spec` (default 4 significant digits) for floats, str() for the rest."""
+    """A cell: '—' for null, 'NaN' for the NAN mark, `spec` (default 4 significant digits) for floats, str() for
+    the rest."""
     if value is None:
         return MISSING
+    if value == NAN:
+        return "NaN"
     if isinstance(value, float):
         return format(value, spec or ".4g")
     return str(value)
 
 
+def as_number(value: Any) -> Any:
+    """A document value for numeric readers (charts, pandas): the NAN mark as float NaN, the rest unchanged."""
+    return float("nan") if value == NAN else value
+
+
 def _ci_half_width(task: Mapping[str, Any]) -> float | None:
     low, high = task.get("logit_diff_ci_low"), task.get("logit_diff_ci_high")
+    if NAN in (low, high):
+        return NAN  # type: ignore[return-value]
     return None if low is None or high is None else (high - low) / 2
 
 

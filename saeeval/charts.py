@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from saeeval.catalog import metric, short_name
+from saeeval.catalog import NAN, metric, short_name
 from saeeval.metrics.stats import Z_95
 
 CHART_FILE = "logit_diff.png"
@@ -52,6 +52,8 @@ def _ci(task: Mapping[str, Any]) -> tuple[float, float]:
     """Distances from the mean to the 95% CI ends (from ci_low/high, else Z_95·stderr, else none)."""
     keys = ("logit_diff", "logit_diff_ci_low", "logit_diff_ci_high", "logit_diff_stderr")
     m, lo, hi, se = (task.get(k) for k in keys)
+    if NAN in (m, lo, hi, se):
+        return 0.0, 0.0
     if lo is not None and hi is not None:
         return max(m - lo, 0.0), max(hi - m, 0.0)
     return (Z_95 * se, Z_95 * se) if se is not None else (0.0, 0.0)
@@ -85,7 +87,7 @@ def _grouped_barh(
     for i, run in enumerate(runs):
         ys = [c + (i - (n - 1) / 2) * height for c in range(len(conds))]
         vals = [value(run, c) for c in conds]
-        present = [k for k, v in enumerate(vals) if v is not None]
+        present = [k for k, v in enumerate(vals) if v not in (None, NAN)]
         xs = [vals[k] for k in present]
         bar_kw: dict[str, Any] = {}
         if err is not None and present:
@@ -98,8 +100,8 @@ def _grouped_barh(
                 bar.set_hatch(_HATCH)
                 bar.set_edgecolor("white")
         for k, v in enumerate(vals):
-            if v is None and conds[k] in run.doc.get("conditions", {}):
-                ax.text(0, ys[k], " n/a", va="center", ha="left", fontsize=7, color="#777")
+            if v in (None, NAN) and conds[k] in run.doc.get("conditions", {}):
+                ax.text(0, ys[k], " NaN" if v == NAN else " n/a", va="center", ha="left", fontsize=7, color="#777")
     ax.axvline(0, color="#222", linewidth=0.8)
     ax.set_yticks(range(len(conds)), [short_name(c) for c in conds], fontsize=8)
     ax.invert_yaxis()
@@ -143,7 +145,8 @@ def frontier_points(run: RunLike) -> list[tuple[str, float, float]]:
         recon = (c.get("reconstruction") or {}).values()
         l0s = [r.get("l0") for r in recon]
         delta = (c.get("lm") or {}).get("ce_loss_delta")
-        if c.get("saes") and not c.get("ablation") and l0s and None not in l0s and delta is not None:
+        numbers = [*l0s, delta]
+        if c.get("saes") and not c.get("ablation") and l0s and None not in numbers and NAN not in numbers:
             out.append((name, float(sum(l0s)), float(delta)))
     return out
 
@@ -198,7 +201,7 @@ def identity_heatmap(runs: Sequence[RunLike], task: str) -> Figure | None:
         for j, (r, c) in enumerate(cols):
             for i, s in enumerate(rows):
                 v = (((r.doc.get("slices") or {}).get(s) or {}).get(c) or {}).get(metric)
-                grid[i, j] = np.nan if v is None else v
+                grid[i, j] = np.nan if v in (None, NAN) else v
         ax.set_facecolor("#e8e8e8")
         finite = grid[np.isfinite(grid)]
         vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)

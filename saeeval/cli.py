@@ -23,6 +23,7 @@ from saeeval.charts import CHART_FILE, save_figure
 from saeeval.errors import SaeevalError
 from saeeval.features.outputs import FEATURES_FILE
 from saeeval.features.setup import trainer_kwargs
+from saeeval.finite import non_finite_error
 from saeeval.results import RESULTS_FILE, completed_hash, config_hash
 from saeeval.run_results import Results
 from saeeval.table import print_results
@@ -78,6 +79,8 @@ def run_config(cfg: DictConfig, out_dir: Path) -> Results | None:
         console.print(results.feature_table())
         console.print(f"features: {out_dir / FEATURES_FILE}")
     console.print(f"results: {out_dir / RESULTS_FILE}")
+    if (err := non_finite_error(results.document, str(out_dir / RESULTS_FILE))) is not None:
+        raise err  # after every file is written: the NaN marks are the run's result, the exit status says so
     return results
 
 

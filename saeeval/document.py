@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 import saeeval
+from saeeval.catalog import NAN
 from saeeval.conditions import Condition
 from saeeval.metrics.generation import GenerationComputed, summarize_generation
 from saeeval.metrics.stats import ce_loss_score, kl_div_score, recovered, summarize_logit_diffs
@@ -39,6 +40,7 @@ class Computed:
     ids and their logit diffs (ascending ids); `batchwise`: hook name -> a compat mode's per-batch metrics
     (`<metric>_saelens`, ...), reported beside `recon`'s. Task parts are None/empty when the task has no answers.
     `generation`: the generated-answer states when the task's answer_mode generates (None otherwise).
+    `non_finite`: site -> positions whose values became NaN/inf (saeeval.metrics.non_finite), empty when none.
     """
 
     name: str
@@ -51,23 +53,38 @@ class Computed:
     samples: tuple[list[int], list[float]] | None
     batchwise: dict[str, dict[str, float]] = field(default_factory=dict)
     generation: GenerationComputed | None = None
+    non_finite: dict[str, int] = field(default_factory=dict)
 
 
-def json_number(v: Any) -> float | None:
-    """A finite Python float, or None (results never hold NaN or inf)."""
-    if v is None:
-        return None
+def json_number(v: Any, non_finite: bool = False) -> float | str | None:
+    """A finite Python float; a NaN/inf value as None (not applicable), or as the NAN mark when `non_finite`
+    (the condition's outputs became non-finite, so NaN is what was measured)."""
+    if v is None or v == NAN:
+        return v
     f = float(v)
-    return f if math.isfinite(f) else None
+    return f if math.isfinite(f) else (NAN if non_finite else None)
 
 
-def json_values(d: Mapping[str, Any]) -> dict[str, Any]:
-    """Metric values as JSON numbers: counts as int, the rest as finite float or None."""
-    return {k: int(v) if k in COUNT_KEYS else json_number(v) for k, v in d.items()}
+def json_values(d: Mapping[str, Any], non_finite: bool = False) -> dict[str, Any]:
+    """Metric values as JSON numbers: counts as int, the rest as finite float, None or the NAN mark.
+
+    With `non_finite`, a NaN logit_diff also marks the accuracy family: a NaN difference counts as "not > 0",
+    so the accuracy would look like a measured number."""
+    out = {k: int(v) if k in COUNT_KEYS and math.isfinite(v) else json_number(v, non_finite) for k, v in d.items()}
+    if non_finite and out.get("logit_diff") == NAN:
+        out.update({k: NAN for k in out if k.startswith(("accuracy", "error_rate"))})
+    return out
 
 
-def _sub(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else a - b
+def _sub(a: float | str | None, b: float | str | None) -> float | str | None:
+    if NAN in (a, b):
+        return NAN
+    return None if a is None or b is None else a - b  # type: ignore[operator]
+
+
+def _score(fn: Any, *values: Any) -> float | str | None:
+    """A cross-condition score; the NAN mark when any input carries it (NaN in, NaN out)."""
+    return NAN if NAN in values else fn(*values)
 
 
 def describe_model(model: Any) -> dict[str, Any]:
@@ -81,44 +98,63 @@ def conditions_entry(computed: Sequence[Computed], has_answers: bool) -> dict[st
     baseline (ce_loss_score, kl_div_score, logit_diff_recovered)."""
     by_name = {c.name: c for c in computed}
     clean = by_name[CLEAN]
-    clean_ce = json_number(clean.ce)
-    clean_task = json_values(clean.task)
+    bad = {c.name: bool(c.non_finite) for c in computed}
+    clean_ce = json_number(clean.ce, bad[CLEAN])
+    clean_task = json_values(clean.task, bad[CLEAN])
     out: dict[str, Any] = {CLEAN: {"task": clean_task, "lm": {"ce_loss": clean_ce}}}
     if clean.generation is not None:
         out[CLEAN]["generation"] = summarize_generation(clean.generation.counts)
+    if clean.non_finite:
+        out[CLEAN]["non_finite"] = dict(clean.non_finite)
     for res in computed:
         cond = res.condition
         if cond is None:
             continue
-        ce, kl = json_number(res.ce), json_number(res.kl)
+        ce, kl = json_number(res.ce, bad[res.name]), json_number(res.kl, bad[res.name])
         lm: dict[str, Any] = {"ce_loss": ce, "ce_loss_delta": _sub(ce, clean_ce), "kl_div": kl}
         entry: dict[str, Any] = {
             "saes": list(cond.saes), "hooks": list(cond.hooks), "ablation": cond.ablation,
             "baseline": cond.baseline, "use_error_term": cond.use_error_term,
-            "task": json_values(res.task), "lm": lm,
+            "task": json_values(res.task, bad[res.name]), "lm": lm,
         }
         base = by_name.get(cond.baseline) if cond.baseline else None
         if base is not None:
-            lm["ce_loss_score"] = ce_loss_score(clean_ce, ce, json_number(base.ce))
-            lm["kl_div_score"] = kl_div_score(kl, json_number(base.kl))
+            base_bad = bad[base.name]
+            lm["ce_loss_score"] = _score(ce_loss_score, clean_ce, ce, json_number(base.ce, base_bad))
+            lm["kl_div_score"] = _score(kl_div_score, kl, json_number(base.kl, base_bad))
             if has_answers:
-                entry["task"]["logit_diff_recovered"] = recovered(
-                    clean_task.get("logit_diff"), entry["task"].get("logit_diff"), json_number(base.task["logit_diff"])
+                entry["task"]["logit_diff_recovered"] = _score(
+                    recovered, clean_task.get("logit_diff"), entry["task"].get("logit_diff"),
+                    json_number(base.task["logit_diff"], base_bad),
                 )
         if res.generation is not None:
             entry["generation"] = summarize_generation(res.generation.counts)
         if res.recon:
-            entry["reconstruction"] = {hook: json_values({**r, **res.batchwise.get(hook, {})})
+            entry["reconstruction"] = {hook: json_values({**r, **res.batchwise.get(hook, {})}, bad[res.name])
                                        for hook, r in res.recon.items()}
+        if res.non_finite:
+            entry["non_finite"] = dict(res.non_finite)
         out[res.name] = entry
     return out
 
 
-def _pooled(sums: Mapping[str, Tensor], idx: Sequence[int]) -> dict[str, Any]:
+def non_finite_conditions(doc: Mapping[str, Any]) -> list[tuple[str, str, int]]:
+    """(condition, first site, positions there) for each condition of a results document whose outputs became
+    non-finite, in the document's order (clean first): the site where NaN/inf first appeared in the forward."""
+    found = []
+    for name, c in doc["conditions"].items():
+        sites = c.get("non_finite") or {}
+        if sites:
+            site, n = next(iter(sites.items()))
+            found.append((name, site, n))
+    return found
+
+
+def _pooled(sums: Mapping[str, Tensor], idx: Sequence[int], non_finite: bool = False) -> dict[str, Any]:
     """Logit-diff statistics of the examples of groups `idx` pooled together."""
     sel = torch.as_tensor(list(idx), dtype=torch.long)
     stats = summarize_logit_diffs(*(sums[k][sel].sum() for k in GROUP_SUMS))
-    return json_values({k: stats[k] for k in SLICE_KEYS})
+    return json_values({k: stats[k] for k in SLICE_KEYS}, non_finite)
 
 
 def slices_and_gaps(
@@ -139,11 +175,11 @@ def slices_and_gaps(
             key = f"{field}={value}"
             slices[key] = {}
             for res in computed:
-                sums = res.groups or {}
-                stats = _pooled(sums, idx)
+                sums, bad = res.groups or {}, bool(res.non_finite)
+                stats = _pooled(sums, idx, bad)
                 for rate, keep in slice_rates.items():
                     sub = [i for i in idx if all(groups[i].get(f) == v for f, v in keep.items())]
-                    stats[rate] = _pooled(sums, sub)["error_rate"] if sub else None
+                    stats[rate] = _pooled(sums, sub, bad)["error_rate"] if sub else None
                 if res.generation is not None:
                     stats["generation"] = summarize_generation(res.generation.counts, idx)
                 slices[key][res.name] = stats
@@ -157,7 +193,7 @@ def gap(per_value: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """Spread of accuracy and mean logit diff across the values of one slice field (the bias signal)."""
     out: dict[str, Any] = {}
     for metric in GAP_METRICS:
-        vals = {v: s[metric] for v, s in per_value.items() if s.get(metric) is not None}
+        vals = {v: s[metric] for v, s in per_value.items() if s.get(metric) not in (None, NAN)}
         if vals:
             lo, hi = min(vals, key=vals.get), max(vals, key=vals.get)
             out[f"{metric}_gap"] = vals[hi] - vals[lo]
@@ -194,7 +230,7 @@ def sample_records(task: Any, computed: Sequence[Computed]) -> Iterator[dict[str
     values = {c.name: c.samples[1] for c in computed}  # type: ignore[index]
     for row, i in enumerate(ids):
         rec = task.example_record(i)
-        rec["logit_diff"] = {name: v[row] for name, v in values.items()}
+        rec["logit_diff"] = {name: v[row] if math.isfinite(v[row]) else NAN for name, v in values.items()}
         if computed[0].generation is not None:
             rec["generation"] = {c.name: generated_record(task, c.generation, row, rec) for c in computed}
         yield rec

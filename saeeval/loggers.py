@@ -13,6 +13,7 @@ from typing import Any
 
 from lightning.pytorch.loggers import Logger, WandbLogger
 
+from saeeval.catalog import NAN, as_number
 from saeeval.charts import CHART_FILE
 from saeeval.errors import SaeevalError
 from saeeval.results import SAMPLES_FILE
@@ -41,7 +42,7 @@ def wandb_logger(**kwargs: Any) -> WandbLogger:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return v == NAN or isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def flat_metrics(doc: Mapping[str, Any]) -> dict[str, float]:
@@ -53,17 +54,17 @@ def flat_metrics(doc: Mapping[str, Any]) -> dict[str, float]:
         for group in ("task", "lm", "generation"):
             for k, v in (c.get(group) or {}).items():
                 if _is_number(v):
-                    out[f"{cond}/{group}/{k}"] = v
+                    out[f"{cond}/{group}/{k}"] = as_number(v)
         for hook, r in (c.get("reconstruction") or {}).items():
             for k, v in r.items():
                 if _is_number(v):
-                    out[f"{cond}/reconstruction/{hook}/{k}"] = v
+                    out[f"{cond}/reconstruction/{hook}/{k}"] = as_number(v)
     for section in ("slices", "gaps"):
         for part, per_cond in (doc.get(section) or {}).items():
             for cond, stats in per_cond.items():
                 for k, v in stats.items():
                     if _is_number(v):
-                        out[f"{section}/{part}/{cond}/{k}"] = v
+                        out[f"{section}/{part}/{cond}/{k}"] = as_number(v)
                     elif isinstance(v, Mapping):  # a slice's generation block
                         out.update({f"{section}/{part}/{cond}/{k}/{g}": x for g, x in v.items() if _is_number(x)})
     return out

@@ -25,6 +25,7 @@ from saeeval.metrics.batchwise import BatchwiseReconstruction
 from saeeval.metrics.lm_loss import KLDivergence, NextTokenCrossEntropy
 from saeeval.metrics.logit_diff import GroupedLogitDiff, LogitDiff, PerExample
 from saeeval.metrics.generation import GenerationMetrics
+from saeeval.metrics.non_finite import ANSWERS, FINAL, LOGITS, NonFinite, bad_rows, reconstruction_site
 from saeeval.metrics.reconstruction import Reconstruction
 from saeeval.scoring import answer_logit_diff, score_lm
 from saeeval.splicing import Splicer, conditions_per_forward
@@ -37,8 +38,9 @@ FINALS_BUDGET = 1 << 28
 class ConditionMetrics(nn.Module):
     """The metric states of one condition (clean or spliced/ablated)."""
 
-    def __init__(self, has_answers: bool, num_groups: int, recon: Mapping[str, tuple[int, int]], paired: bool,
+    def __init__(self, has_answers: bool, num_groups: int, recon: Mapping[str, tuple[str, int, int]], paired: bool,
                  batchwise: str | None = None):
+        """`recon`: SAE name -> (hook, d_in, d_sae) of each SAE the condition splices."""
         super().__init__()
         self.ce = NextTokenCrossEntropy()
         self.kl = KLDivergence() if paired else None
@@ -47,15 +49,19 @@ class ConditionMetrics(nn.Module):
         self.grouped = GroupedLogitDiff(num_groups) if has_answers else None
         self.per_example = PerExample() if has_answers else None
         self.recon_names = list(recon)
-        self.recon = nn.ModuleList(Reconstruction(d_in, d_sae) for d_in, d_sae in recon.values())
+        self.recon = nn.ModuleList(Reconstruction(d_in, d_sae) for _, d_in, d_sae in recon.values())
         self.batchwise = nn.ModuleList(
-            BatchwiseReconstruction(batchwise, d_in) for d_in, _ in recon.values()) if batchwise else None
+            BatchwiseReconstruction(batchwise, d_in) for _, d_in, _ in recon.values()) if batchwise else None
+        self.recon_sites = [reconstruction_site(hook) for hook, _, _ in recon.values()]
+        self.non_finite = NonFinite([*self.recon_sites, FINAL, LOGITS, *([ANSWERS] if has_answers else [])])
 
     def update_recon(self, recon: Mapping[str, tuple[Tensor, Tensor, Tensor]], keep: Tensor | None) -> None:
         """Reconstruction states from one batch's `(x, x_hat, feats)` per SAE; `keep` `[N]` picks the rows that
-        count (compat=saebench: spliced tokens that are also scored)."""
+        count (compat=saebench: spliced tokens that are also scored). Non-finite reconstructions are counted on
+        every spliced row: each one feeds the forward."""
         for i, name in enumerate(self.recon_names):
             x, x_hat, feats = recon[name]
+            self.non_finite.update(self.recon_sites[i], bad_rows(x_hat))
             if keep is not None:
                 k = keep.to(x.device)
                 x, x_hat, feats = x[k], x_hat[k], feats[k.to(feats.device)]
@@ -134,11 +140,12 @@ class SAEEvalModule(L.LightningModule):
     def saes(self) -> dict[str, SAE]:
         return self.splicer.saes
 
-    def _recon_shapes(self, cond: Condition) -> dict[str, tuple[int, int]]:
+    def _recon_shapes(self, cond: Condition) -> dict[str, tuple[str, int, int]]:
         if cond.ablation is not None:
             return {}
         saes = self.saes
-        return {name: (saes[name].cfg.d_in, saes[name].cfg.d_sae) for name in cond.saes}
+        return {name: (saes[name].cfg.metadata.hook_name, saes[name].cfg.d_in, saes[name].cfg.d_sae)
+                for name in cond.saes}
 
     def _masks(self, batch: Mapping[str, Any]) -> BatchMasks:
         return self.masks(batch["tokens"], batch["attention_mask"], batch.get("positions"), self.special_ids,
@@ -183,6 +190,8 @@ class SAEEvalModule(L.LightningModule):
         masks = self._masks(batch)
         keep = masks.score[masks.splice] if self.compat.recon_within_score else None
         clean = self.splicer.clean(tokens, attention_mask, self.hooks)
+        real = attention_mask.to(clean.final.device, torch.bool)
+        self.metrics[0].non_finite.update(FINAL, bad_rows(clean.final) & real)
         clean_ld = self._update_answers(self.metrics[0], clean.final, batch, None)
         lds = {0: clean_ld}
         per_forward = self.condition_batch or conditions_per_forward(self.model, tokens.shape)
@@ -192,12 +201,14 @@ class SAEEvalModule(L.LightningModule):
             for j, out in self.splicer.iter_many(conds, clean, masks.splice, self.means, per_forward, masks.ablate):
                 metrics = self.metrics[1 + group[j]]
                 metrics.update_recon(out.recon, keep)
+                metrics.non_finite.update(FINAL, bad_rows(out.final) & real)
                 lds[1 + group[j]] = self._update_answers(metrics, out.final, batch, clean_ld)
                 finals[j] = out.final
             scored = [self.metrics[1 + i] for i in group]
             score_lm(self.splicer.unembed, clean.final, finals, tokens, masks.score,  # type: ignore[arg-type]
                      self.metrics[0].ce if n == 0 else None, [m.ce for m in scored], [m.kl for m in scored],
-                     input_only=self.compat.ce_input_only)
+                     input_only=self.compat.ce_input_only,
+                     clean_flags=self.metrics[0].non_finite, flags=[m.non_finite for m in scored])
         if self.generated is not None:
             self._generate(batch, SpliceAt(masks.splice, masks.ablate), lds)
 
@@ -235,6 +246,7 @@ class SAEEvalModule(L.LightningModule):
             return None
         rows = self._answer_rows(final, batch)
         ld = answer_logit_diff(self.splicer.unembed, rows, batch["correct"], batch["incorrect"])
+        m.non_finite.update(ANSWERS, ld)
         m.ld.update(ld)
         m.grouped.update(ld, batch["group"])
         m.per_example.update(batch["example_id"], ld)
@@ -288,4 +300,5 @@ def _compute(cond: Condition | None, m: ConditionMetrics, hook_of: Mapping[str, 
         batchwise={hook_of[n]: {k: float(v) for k, v in b.compute().items()}
                    for n, b in zip(m.recon_names, m.batchwise)} if m.batchwise is not None else {},
         samples=samples,
+        non_finite=m.non_finite.compute(),
     )

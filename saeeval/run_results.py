@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Group
 
-from saeeval.catalog import SECTIONS, metrics
+from saeeval.catalog import SECTIONS, as_number, metrics
 from saeeval.results import SAMPLES_FILE, load_document, write_results
 
 if TYPE_CHECKING:
@@ -53,7 +53,8 @@ class Results:
     def to_pandas(self) -> pandas.DataFrame:
         """One row per condition: saes, hooks, ablation, baseline, then every task, lm and generation metric as
         `task/<metric>`, `lm/<metric>`, `generation/<metric>` and every reconstruction metric as `reconstruction/<hook>/<metric>` —
-        declared metrics first (saeeval.catalog), then any other number the document holds."""
+        declared metrics first (saeeval.catalog), then any other number the document holds. A value marked
+        "nan" (outputs became non-finite) is float NaN here; null (not applicable) is None."""
         import pandas as pd
 
         rows = {name: _row(c) for name, c in self.conditions.items()}
@@ -133,7 +134,7 @@ class Results:
 def _row(c: Mapping[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {k: c.get(k) for k in _META}
     for section in (SECTIONS[0], SECTIONS[1], "generation"):
-        row.update({f"{section}/{k}": v for k, v in (c.get(section) or {}).items()})
+        row.update({f"{section}/{k}": as_number(v) for k, v in (c.get(section) or {}).items()})
     for hook, r in (c.get("reconstruction") or {}).items():
-        row.update({f"reconstruction/{hook}/{k}": v for k, v in r.items()})
+        row.update({f"reconstruction/{hook}/{k}": as_number(v) for k, v in r.items()})
     return row

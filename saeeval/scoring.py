@@ -30,6 +30,7 @@ from saeeval.metrics.lm_loss import (
     nll_rows,
     row_chunks,
 )
+from saeeval.metrics.non_finite import LOGITS, NonFinite
 from saeeval.unembed import Unembed
 
 _F64 = torch.float64
@@ -74,21 +75,27 @@ def score_lm(
     kls: Sequence[KLDivergence],
     chunk: int | None = None,
     input_only: bool = False,
+    clean_flags: NonFinite | None = None,
+    flags: Sequence[NonFinite] | None = None,
 ) -> None:
     """Update `clean_ce` (if given) and each condition's `ces[i]`/`kls[i]` from final residuals `[B, T, d]`.
 
     Same definitions as NextTokenCrossEntropy.update / KLDivergence.update on whole logits: CE over positions whose
     input and target are unmasked (`input_only`: whose input is, as sae_lens counts it), KL over unmasked positions.
+    `clean_flags` / `flags[i]` (optional) count the scored positions whose CE or KL came out non-finite (NaN/inf
+    logits), from the per-row values only.
     """
     if not (len(finals) == len(ces) == len(kls)):
         raise ValueError(f"got {len(finals)} final residuals for {len(ces)} CE and {len(kls)} KL metrics")
+    if flags is not None and len(flags) != len(finals):
+        raise ValueError(f"got {len(flags)} non-finite counters for {len(finals)} final residuals")
     if clean_ce is None and not finals:
         return
     mask = mask.to(clean.device)
     targets = next_token_targets(tokens.to(clean.device), mask, input_only)
     rows = chunk or rows_per_chunk(unembed.d_vocab, unembed.weight.device)
     for h_clean, target, *hs in row_chunks(mask, rows, clean, targets[..., None], *finals):
-        _score_chunk(unembed, h_clean, target[:, 0], hs, clean_ce, ces, kls)
+        _score_chunk(unembed, h_clean, target[:, 0], hs, clean_ce, ces, kls, clean_flags, flags)
 
 
 def _score_chunk(
@@ -99,6 +106,8 @@ def _score_chunk(
     clean_ce: NextTokenCrossEntropy | None,
     ces: Sequence[NextTokenCrossEntropy],
     kls: Sequence[KLDivergence],
+    clean_flags: NonFinite | None = None,
+    flags: Sequence[NonFinite | None] | None = None,
 ) -> None:
     """One chunk of rows (a function, so its [R, V] buffers are freed before the next chunk's are made)."""
     target = target.to(unembed.weight.device)
@@ -106,7 +115,10 @@ def _score_chunk(
     n_valid = valid.sum()
     ref = CleanRows(unembed(h_clean), consume=True)
     if clean_ce is not None:
-        clean_ce.add(nll_rows(ref.log_p, target), n_valid)
+        clean_nll = nll_rows(ref.log_p, target)
+        clean_ce.add(clean_nll, n_valid)
+        if clean_flags is not None:
+            clean_flags.update(LOGITS, clean_nll)
     if not hs:
         return
     pullback = _pullback_exact(unembed)
@@ -114,20 +126,24 @@ def _score_chunk(
         u = unembed.pullback(ref.p)
         mass = ref.p.sum(-1).to(_F64)
         h_clean = h_clean.to(u.device, u.dtype)
-    for h, ce, kl in zip(hs, ces, kls):
+    for h, ce, kl, flag in zip(hs, ces, kls, flags or [None] * len(hs)):
         logits = unembed(h)
         if pullback:
             picked = logits.gather(1, target.clamp_min(0)[:, None])[:, 0].to(_F64)
             lse = _logsumexp_(logits)
             del logits
-            ce.add(torch.where(valid, lse - picked, 0.0), n_valid)
+            ce_rows = torch.where(valid, lse - picked, 0.0)
             moved = torch.linalg.vecdot(h_clean - h.to(u.device, u.dtype), u).to(_F64)
-            kl.add(moved + mass * (lse - ref.lse))
+            kl_vals = moved + mass * (lse - ref.lse)
         else:
             log_q = F.log_softmax(logits.to(ref.log_p.dtype), dim=-1)
             del logits
-            ce.add(nll_rows(log_q, target), n_valid)
-            kl.add(kl_rows(ref, log_q))
+            ce_rows = nll_rows(log_q, target)
+            kl_vals = kl_rows(ref, log_q)
+        ce.add(ce_rows, n_valid)
+        kl.add(kl_vals)
+        if flag is not None:
+            flag.update(LOGITS, ce_rows + kl_vals)
 
 
 def answer_logit_diff(unembed: Unembed, final: Tensor, correct: Tensor, incorrect: Tensor) -> Tensor:

@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 
 from saeeval.metrics.lm_loss import KLDivergence, NextTokenCrossEntropy
 from saeeval.metrics.logit_diff import GroupedLogitDiff, LogitDiff, PerExample
+from saeeval.metrics.non_finite import NonFinite, bad_rows
 from saeeval.metrics.reconstruction import Reconstruction
 
 WORLD = 2
@@ -20,7 +21,13 @@ WORLD = 2
 def make_data() -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(23, 8, generator=gen) + 1
+    hot = x.clone()
+    hot[[1, 16, 17, 22], [0, 3, 3, 7]] = torch.tensor([float("inf"), float("nan"), -float("inf"), float("nan")])
+    hot_ld = torch.randn(31, generator=gen, dtype=torch.float64)
+    hot_ld[[3, 20, 30]] = float("nan")
     return {
+        "hot": hot,
+        "hot_ld": hot_ld,
         "ld": torch.randn(31, generator=gen, dtype=torch.float64),
         "group": torch.randint(0, 5, (31,), generator=gen),
         "ids": torch.randperm(31, generator=gen),
@@ -44,7 +51,11 @@ def evaluate(data: dict[str, torch.Tensor], ex: slice, seq: slice, tok: slice, p
     ce.update(data["logits"][seq], data["tokens"][seq], data["mask"][seq])
     kl.update(data["clean"][seq], data["logits"][seq], data["mask"][seq])
     rec.update(data["x"][tok], data["x_hat"][tok], data["feats"][tok])
+    nf = NonFinite(["rows", "values", "never"])
+    nf.update("rows", bad_rows(data["hot"][tok]))
+    nf.update("values", data["hot_ld"][ex])
     return {
+        "nf": nf.compute(),
         "ld": ld.compute(), "gld": gld.compute(), "pooled": gld.summarize([0, 2, 4]), "per": per.compute(),
         "ce": ce.compute(), "kl": kl.compute(), "rec": rec.compute(),
     }
@@ -79,6 +90,7 @@ def test_gloo_two_ranks_with_uneven_and_empty_shares_match_one_process() -> None
     torch.set_num_threads(1)
     everything = slice(None)
     want = evaluate(make_data(), everything, everything, everything, everything)
+    assert want["nf"] == {"rows": 4, "values": 3}  # positions 1, 16, 17, 22; logit diffs 3, 20, 30
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(_worker, args=(os.path.join(tmp, "init"), tmp), nprocs=WORLD, join=True)
         for rank in range(WORLD):
