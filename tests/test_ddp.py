@@ -23,8 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 N = 101
 COMMON = [f"limit={N}", "batch_size=16", "plot=true"]
 RUNS = {  # task -> extra overrides; ioi also carries mean-ablation baselines (their means are summed across ranks)
-    "toxicity": ["+task=toxicity"],
-    "ioi": ["+task=ioi", "splice.ablation=mean"],
+    # both also generate under every condition: the label counts are summed and the texts gathered across ranks
+    "toxicity": ["+task=toxicity", "task.answer_mode=both", "task.max_new_tokens=3"],
+    "ioi": ["+task=ioi", "splice.ablation=mean", "task.answer_mode=both", "task.max_new_tokens=3"],
 }
 
 
@@ -78,6 +79,7 @@ def test_ddp_cpu_results_equal_single_process_results(runs, task):
         assert differences(cpu[section], ddp[section]) == [], section
     assert leaves(cpu["conditions"]) > 200 and leaves(cpu["slices"]) > 50
     assert ddp["conditions"]["clean"]["task"]["n"] == N  # every example counted once across the two ranks
+    assert all(c["generation"]["n"] == N for c in ddp["conditions"].values())
     per_field: dict[str, float] = {}
     for key, per_cond in ddp["slices"].items():
         field = key.split("=")[0]
