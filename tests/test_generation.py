@@ -11,6 +11,7 @@ import torch
 from sae_lens import SAE
 
 import saeeval
+from cli_harness import run_inprocess
 from saeeval.conditions import Condition
 from saeeval.errors import SaeevalError
 from saeeval.generation import NOT_GENERATED, SpliceAt, condition_hooks, generated_positions, greedy_generate
@@ -71,6 +72,16 @@ def test_bad_generation_options_are_one_clear_error(kwargs, needle):
     with pytest.raises(SaeevalError, match=None) as err:
         GenerationOptions(**kwargs)
     assert needle in str(err.value)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["task.answer_mode=sample"], "task.answer_mode='sample' is unknown; use logit_diff, generate, both"),
+    (["task.answer_mode=both", "task.max_new_tokens=40"],
+     "plus task.max_new_tokens=40 exceeds the model's context n_ctx=64; set task.max_new_tokens=26 or lower"),
+    (["task.answer_regex=Label"], "has no {label} placeholder"),
+])
+def test_bad_answer_options_on_the_command_line_are_one_line(args, needle, capfd, tmp_path):
+    run_inprocess("+task=toxicity", *args, capfd=capfd, out=tmp_path / "run").assert_one_line_error(needle)
 
 
 # --- the greedy loop ----------------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ class GenerationOptions:
         if LABEL not in self.answer_regex:
             raise SaeevalError(
                 f"task.answer_regex={self.answer_regex!r} has no {LABEL} placeholder; write the pattern with "
-                f"{LABEL} where the answer goes, e.g. {NOTEBOOK_REGEX!r}"
+                f"{LABEL} where the answer goes, e.g. {NOTEBOOK_REGEX}"
             )
         try:
             re.compile(self.answer_regex.replace(LABEL, "0"))
