@@ -157,19 +157,20 @@ def test_batched_left_padded_generation_equals_transformer_lens_generate(zoo, kv
             assert cut(row, eos) == cut(ref[0, len(prompt):].tolist(), eos)
 
 
-def hand_greedy(model, prompt: list[int], n: int, hook_name: str | None, replace: Callable | None,
+def hand_greedy(model, prompt: list[int], n: int, replaces: dict[str, Callable],
                 spliced: Callable[[int, int], bool], eos: int) -> list[int]:
-    """Greedy decoding by full recompute with one plain hook that rewrites the positions `spliced(i, token)`."""
+    """Greedy decoding by full recompute with plain hooks: at each hook, `replaces[hook](act[positions])` is
+    written at the positions `spliced(i, token)`."""
     seq, out = list(prompt), []
     for _ in range(n):
         idx = [i for i, t in enumerate(seq) if spliced(i, t)]
 
         def hook(act, hook):
             act = act.clone()
-            act[0, idx] = replace(act[0, idx])
+            act[0, idx] = replaces[hook.name](act[0, idx])
             return act
 
-        hooks = [(hook_name, hook)] if hook_name and idx else []
+        hooks = [(name, hook) for name in replaces] if idx else []
         nxt = int(model.run_with_hooks(torch.tensor([seq]), fwd_hooks=hooks)[0, -1].argmax())
         out.append(nxt)
         if nxt == eos:
@@ -186,34 +187,59 @@ def sae_replace(sae: SAE) -> Callable:
     return replace
 
 
-@pytest.fixture(scope="module", params=["toxicity", "ioi"])
+GROUP = ["blocks.0.hook_resid_post", "blocks.1.hook_mlp_out"]
+
+
+@pytest.fixture(scope="module", params=[("toxicity", "zero"), ("ioi", "mean")])
 def run(request, zoo):
     model, saes = zoo
-    return request.param, saeeval.evaluate(model, list(saes.values()), request.param, limit=12, batch_size=6,
-                                           answer_mode="both", max_new_tokens=5)
+    task, ablation = request.param
+    return task, ablation, saeeval.evaluate(model, list(saes.values()), task, limit=12, batch_size=6,
+                                            answer_mode="both", max_new_tokens=5, groups=[GROUP], ablation=ablation)
+
+
+def prompt_of(tok, sample: dict) -> list[int]:
+    return [tok.bos_token_id] + tok(sample["prompt"], add_special_tokens=False)["input_ids"]
+
+
+def hand_means(model, prompts: list[list[int]], hooks: list[str], special: set[int]) -> dict[str, torch.Tensor]:
+    """Mean activation per hook over every non-special prompt token of the eval set (what a mean ablation writes)."""
+    acts: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
+    for prompt in prompts:
+        _, cache = model.run_with_cache(torch.tensor([prompt]), names_filter=hooks)
+        keep = [i for i, t in enumerate(prompt) if t not in special]
+        for h in hooks:
+            acts[h].append(cache[h][0, keep].double())
+    return {h: torch.cat(a).mean(0).float() for h, a in acts.items()}
 
 
 def test_every_condition_generates_what_a_hand_written_loop_generates(run, zoo):
-    """Per condition and per example: SAEs and zero ablations spliced at the real non-special prompt tokens and
-    at every generated position whose token is not special (the default mask), with plain hooks."""
-    task, results = run
+    """Per condition and per example: SAEs (alone and as a group) and zero or mean ablations spliced at the real
+    non-special prompt tokens and at every generated position whose token is not special (the default mask),
+    with plain hooks."""
+    task, ablation, results = run
     model, saes = zoo
     by_hook = {s.cfg.metadata.hook_name: s for s in saes.values()}
     special, eos = set(special_token_ids(model.tokenizer)), model.tokenizer.eos_token_id
-    tok = model.tokenizer
-    assert len(results.conditions) == 9
+    prompts = [prompt_of(model.tokenizer, s) for s in results.samples]
+    means = hand_means(model, prompts, list(by_hook), special)
+    assert len(results.conditions) == 11 and "+".join(GROUP) in results.conditions
     for name, cond in results.conditions.items():
-        hook = None if name == "clean" else cond["hooks"][0]
-        replace = None if hook is None else (lambda x: torch.zeros_like(x)) if cond["ablation"] == "zero" \
-            else sae_replace(by_hook[hook])
-        for s in results.samples:
-            prompt = [tok.bos_token_id] + tok(s["prompt"], add_special_tokens=False)["input_ids"]
-            want = hand_greedy(model, prompt, 5, hook, replace, lambda i, t: t not in special, eos)
+        hooks = [] if name == "clean" else cond["hooks"]
+        if cond.get("ablation") == "zero":
+            replaces = {h: torch.zeros_like for h in hooks}
+        elif cond.get("ablation") == "mean":
+            replaces = {h: (lambda x, m=means[h]: m.expand_as(x).clone()) for h in hooks}
+        else:
+            replaces = {h: sae_replace(by_hook[h]) for h in hooks}
+        assert cond.get("ablation") in (None, ablation)
+        for s, prompt in zip(results.samples, prompts):
+            want = hand_greedy(model, prompt, 5, replaces, lambda i, t: t not in special, eos)
             assert s["generation"][name]["tokens"] == want, (name, s["id"])
 
 
 def test_counts_equal_the_samples_and_the_logit_diff_labels(run):
-    task, results = run
+    task, ablation, results = run
     slice_key = "identity=african" if task == "toxicity" else "order=ABBA"
     for name, cond in results.conditions.items():
         gens = [s["generation"][name] for s in results.samples]
@@ -229,6 +255,6 @@ def test_counts_equal_the_samples_and_the_logit_diff_labels(run):
         sub = [s["generation"][name] for s in results.samples if s["fields"][field] == value]
         sliced = results.slices[slice_key][name]["generation"]
         assert sliced["n"] == len(sub) and sliced["n_correct"] == sum(x["correct"] for x in sub)
-    if task == "toxicity":
+    if ablation == "zero":
         assert results.conditions["clean"]["generation"]["accuracy"] == 1.0  # the zoo writes its labels
         assert results.conditions["zero_ablation@blocks.1.hook_resid_post"]["generation"]["unparsed_rate"] == 1.0

@@ -4,6 +4,7 @@ stand-in, chat template) Hugging Face's own `generate`."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -12,10 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 from sae_lens import SAE
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import make_sae
+from saeeval.loggers import flat_metrics
+from saeeval.report import build_report
+from saeeval.run_results import Results
 from saeeval.masks import special_token_ids
 from saeeval.models import default_zoo_root, load_model
 from saeeval.tasks.words import name_adj_rows
@@ -71,6 +76,21 @@ def test_toxicity_both_writes_generation_blocks_and_texts(tmp_path):
     assert doc["conditions"]["clean"]["generation"]["accuracy"] == 1.0
     assert {s["generation"]["clean"]["text"] for s in samples} <= {" 0 <eos>", " 1 <eos>"}
 
+    # the one results model: Results API, loggers' flat metrics, the HTML report
+    frame = Results.load(tmp_path).to_pandas()
+    for name, cond in doc["conditions"].items():
+        for key in ("accuracy", "unparsed_rate", "agreement", "n"):
+            assert frame.loc[name, f"generation/{key}"] == cond["generation"][key]
+    console = Console(width=80, record=True, file=io.StringIO())
+    console.print(Results.load(tmp_path).table(80))
+    text = console.export_text()
+    assert "gen acc" in text and "unparsed" in text and max(len(line) for line in text.splitlines()) <= 80
+    flat = flat_metrics(doc)
+    assert flat["clean/generation/accuracy"] == 1.0
+    assert flat["slices/identity=african/clean/generation/n"] == doc["slices"]["identity=african"]["clean"]["n"]
+    page = build_report([tmp_path], tmp_path / "report.html").read_text()
+    assert "<h3>Generated answers</h3>" in page and "agrees with LD label" in page and "identity=african" in page
+
 
 def test_ioi_generate_with_a_splice_at_s2_only(tmp_path):
     """mask=positions [S2]: the prompt is spliced at S2 only and no generated position is (a named position is a
@@ -84,12 +104,11 @@ def test_ioi_generate_with_a_splice_at_s2_only(tmp_path):
             for p in sorted((ZOO / "saes").iterdir())}
     eos, n = model.tokenizer.eos_token_id, doc["task"]["options"]["max_new_tokens"]
     for name, cond in doc["conditions"].items():
-        hook = None if name == "clean" else cond["hooks"][0]
-        replace = None if hook is None else (lambda x: torch.zeros_like(x)) if cond["ablation"] == "zero" \
-            else sae_replace(saes[hook])
+        hooks = [] if name == "clean" else cond["hooks"]
+        replaces = {h: torch.zeros_like if cond["ablation"] == "zero" else sae_replace(saes[h]) for h in hooks}
         for s in samples:
             s2 = s["positions"]["S2"]
-            want = hand_greedy(model, prompt_ids(model.tokenizer, s), n, hook, replace, lambda i, t: i == s2, eos)
+            want = hand_greedy(model, prompt_ids(model.tokenizer, s), n, replaces, lambda i, t: i == s2, eos)
             assert s["generation"][name]["tokens"] == want, (name, s["id"])
     assert doc["conditions"]["clean"]["generation"]["accuracy"] == 1.0
     assert all(s["generation"]["clean"]["answer"] == s["correct_str"].strip() for s in samples)
@@ -129,7 +148,8 @@ def test_chat_template_path_generates_what_hugging_face_and_plain_hooks_generate
         ref = ref[: ref.index(eos) + 1] if eos in ref else ref
         assert s["generation"]["clean"]["tokens"] == ref
         for name, replace in (("sae", sae_replace(sae)), ("zero_ablation@blocks.0.hook_resid_post", torch.zeros_like)):
-            want = hand_greedy(model, ids, 4, "blocks.0.hook_resid_post", replace, lambda i, t: t not in special, eos)
+            want = hand_greedy(model, ids, 4, {"blocks.0.hook_resid_post": replace}, lambda i, t: t not in special,
+                               eos)
             assert s["generation"][name]["tokens"] == want, (name, s["id"])
     for name, cond in doc["conditions"].items():
         assert cond["generation"]["n"] == 4
