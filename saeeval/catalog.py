@@ -55,6 +55,27 @@ def as_number(value: Any) -> Any:
     return float("nan") if value == NAN else value
 
 
+UNRELIABLE_MARK = "?"
+UNRELIABLE_LEGEND = "? unreliable: its ablation baseline moves the metric by < 3.9 standard errors"
+"""The line under tables with a flagged value (the rule: saeeval.metrics.stats.ill_conditioned)."""
+
+
+def flagged(condition: Mapping[str, Any], key: str) -> bool:
+    """Whether the condition's results mark metric `key` unreliable (its `unreliable` list)."""
+    return key in (condition.get("unreliable") or ())
+
+
+def cell(m: Metric, section: Mapping[str, Any], condition: Mapping[str, Any], spec: str | None = None) -> str:
+    """A metric's cell for one condition: `fmt` of its value, with UNRELIABLE_MARK appended when flagged."""
+    text = fmt(m.value(section), m.spec if spec is None else spec)
+    return text + UNRELIABLE_MARK if text != MISSING and flagged(condition, m.key) else text
+
+
+def any_flagged(conditions: Mapping[str, Any]) -> bool:
+    """Whether any condition has an unreliable value (then tables print UNRELIABLE_LEGEND)."""
+    return any(c.get("unreliable") for c in conditions.values())
+
+
 def _ci_half_width(task: Mapping[str, Any]) -> float | None:
     low, high = task.get("logit_diff_ci_low"), task.get("logit_diff_ci_high")
     if NAN in (low, high):

@@ -20,7 +20,7 @@ import saeeval
 from saeeval.catalog import NAN
 from saeeval.conditions import Condition
 from saeeval.metrics.generation import GenerationComputed, summarize_generation
-from saeeval.metrics.stats import ce_loss_score, kl_div_score, recovered, summarize_logit_diffs
+from saeeval.metrics.stats import ce_loss_score, ill_conditioned, kl_div_score, recovered, summarize_logit_diffs
 from saeeval.results import SCHEMA_VERSION, config_hash, versions
 from saeeval.tasks.generated import UNPARSED, generated_text
 
@@ -41,6 +41,8 @@ class Computed:
     (`<metric>_saelens`, ...), reported beside `recon`'s. Task parts are None/empty when the task has no answers.
     `generation`: the generated-answer states when the task's answer_mode generates (None otherwise).
     `non_finite`: site -> positions whose values became NaN/inf (saeeval.metrics.non_finite), empty when none.
+    `kl_stderr`, `ce_delta_stderr`: standard errors over positions of the KL and of the paired CE change against
+    clean (what tells whether an ablation moved the metric at all).
     """
 
     name: str
@@ -54,6 +56,8 @@ class Computed:
     batchwise: dict[str, dict[str, float]] = field(default_factory=dict)
     generation: GenerationComputed | None = None
     non_finite: dict[str, int] = field(default_factory=dict)
+    kl_stderr: float | None = None
+    ce_delta_stderr: float | None = None
 
 
 def json_number(v: Any, non_finite: bool = False) -> float | str | None:
@@ -95,7 +99,8 @@ def describe_model(model: Any) -> dict[str, Any]:
 
 def conditions_entry(computed: Sequence[Computed], has_answers: bool) -> dict[str, Any]:
     """The "conditions" part: clean first, then each spliced/ablated condition with its scores against its
-    baseline (ce_loss_score, kl_div_score, logit_diff_recovered)."""
+    baseline (ce_loss_score, kl_div_score, logit_diff_recovered) and, in `unreliable`, those of the scores whose
+    baseline barely moves the metric (saeeval.metrics.stats.ill_conditioned)."""
     by_name = {c.name: c for c in computed}
     clean = by_name[CLEAN]
     bad = {c.name: bool(c.non_finite) for c in computed}
@@ -111,7 +116,9 @@ def conditions_entry(computed: Sequence[Computed], has_answers: bool) -> dict[st
         if cond is None:
             continue
         ce, kl = json_number(res.ce, bad[res.name]), json_number(res.kl, bad[res.name])
-        lm: dict[str, Any] = {"ce_loss": ce, "ce_loss_delta": _sub(ce, clean_ce), "kl_div": kl}
+        lm: dict[str, Any] = {"ce_loss": ce, "ce_loss_delta": _sub(ce, clean_ce),
+                              "ce_loss_delta_stderr": json_number(res.ce_delta_stderr), "kl_div": kl,
+                              "kl_div_stderr": json_number(res.kl_stderr)}
         entry: dict[str, Any] = {
             "saes": list(cond.saes), "hooks": list(cond.hooks), "ablation": cond.ablation,
             "baseline": cond.baseline, "use_error_term": cond.use_error_term,
@@ -127,6 +134,7 @@ def conditions_entry(computed: Sequence[Computed], has_answers: bool) -> dict[st
                     recovered, clean_task.get("logit_diff"), entry["task"].get("logit_diff"),
                     json_number(base.task["logit_diff"], base_bad),
                 )
+            entry["unreliable"] = unreliable_scores(entry, base, clean_ce)
         if res.generation is not None:
             entry["generation"] = summarize_generation(res.generation.counts)
         if res.recon:
@@ -148,6 +156,18 @@ def non_finite_conditions(doc: Mapping[str, Any]) -> list[tuple[str, str, int]]:
             site, n = next(iter(sites.items()))
             found.append((name, site, n))
     return found
+
+
+def unreliable_scores(entry: Mapping[str, Any], base: Computed, clean_ce: float | str | None) -> list[str]:
+    """The condition's non-null scores whose denominator, its baseline's effect (paired ΔLD and ΔCE against
+    clean, KL to clean), lies within UNRELIABLE_Z standard errors of zero (saeeval.metrics.stats)."""
+    denominators = {
+        "logit_diff_recovered": ("task", base.task.get("delta_logit_diff"), base.task.get("delta_logit_diff_stderr")),
+        "ce_loss_score": ("lm", _sub(json_number(base.ce), clean_ce), base.ce_delta_stderr),
+        "kl_div_score": ("lm", json_number(base.kl), base.kl_stderr),
+    }
+    return [key for key, (section, den, stderr) in denominators.items()
+            if isinstance(entry[section].get(key), float) and ill_conditioned(den, stderr)]
 
 
 def _pooled(sums: Mapping[str, Tensor], idx: Sequence[int], non_finite: bool = False) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from saeeval.generation import SpliceAt, condition_hooks, generated_positions, g
 from saeeval.masks import BatchMasks, Masks
 from saeeval.means import ActivationMeans
 from saeeval.metrics.batchwise import BatchwiseReconstruction
-from saeeval.metrics.lm_loss import KLDivergence, NextTokenCrossEntropy
+from saeeval.metrics.lm_loss import KLDivergence, NextTokenCrossEntropy, PairedCEDifference
 from saeeval.metrics.logit_diff import GroupedLogitDiff, LogitDiff, PerExample
 from saeeval.metrics.generation import GenerationMetrics
 from saeeval.metrics.non_finite import ANSWERS, FINAL, LOGITS, NonFinite, bad_rows, reconstruction_site
@@ -44,6 +44,7 @@ class ConditionMetrics(nn.Module):
         super().__init__()
         self.ce = NextTokenCrossEntropy()
         self.kl = KLDivergence() if paired else None
+        self.ce_delta = PairedCEDifference() if paired else None
         self.ld = LogitDiff() if has_answers else None
         self.delta = LogitDiff() if has_answers and paired else None
         self.grouped = GroupedLogitDiff(num_groups) if has_answers else None
@@ -208,7 +209,8 @@ class SAEEvalModule(L.LightningModule):
             score_lm(self.splicer.unembed, clean.final, finals, tokens, masks.score,  # type: ignore[arg-type]
                      self.metrics[0].ce if n == 0 else None, [m.ce for m in scored], [m.kl for m in scored],
                      input_only=self.compat.ce_input_only,
-                     clean_flags=self.metrics[0].non_finite, flags=[m.non_finite for m in scored])
+                     clean_flags=self.metrics[0].non_finite, flags=[m.non_finite for m in scored],
+                     ce_deltas=[m.ce_delta for m in scored])
         if self.generated is not None:
             self._generate(batch, SpliceAt(masks.splice, masks.ablate), lds)
 
@@ -294,6 +296,8 @@ def _compute(cond: Condition | None, m: ConditionMetrics, hook_of: Mapping[str, 
         condition=cond,
         ce=float(m.ce.compute()),
         kl=float(m.kl.compute()) if m.kl is not None else None,
+        kl_stderr=float(m.kl.stderr()) if m.kl is not None else None,
+        ce_delta_stderr=float(m.ce_delta.stderr()) if m.ce_delta is not None else None,
         task=task,
         groups=groups,
         recon={hook_of[n]: {k: float(v) for k, v in r.compute().items()} for n, r in zip(m.recon_names, m.recon)},

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 
 import saeeval
 from saeeval import charts
-from saeeval.catalog import fmt, metrics, present, reconstructions
+from saeeval.catalog import UNRELIABLE_LEGEND, any_flagged, cell, flagged, fmt, metrics, present, reconstructions
 from saeeval.errors import SaeevalError, print_error
 from saeeval.results import atomic_write_text
 from saeeval.runs import Run, by_task, load_runs
@@ -87,8 +87,12 @@ def _conditions_table(runs: Sequence[Run]) -> str:
     conds = [(r, name, c) for r in runs for name, c in r.doc["conditions"].items()]
     decls = present(metrics("task", "lm"), [c.get(m) or {} for _, _, c in conds for m in ("task", "lm")])
     rows = [(r.rid, name, len(c.get("saes") or []) if name != "clean" else None, c.get("ablation"),
-             *(m.value(c.get(m.section) or {}) for m in decls)) for r, name, c in conds]
-    return _table(("run", "condition", "SAEs", "ablation", *(m.label for m in decls)), rows, numeric_from=2)
+             *(cell(m, c.get(m.section) or {}, c, ".4g") if flagged(c, m.key) else m.value(c.get(m.section) or {})
+               for m in decls)) for r, name, c in conds]
+    table = _table(("run", "condition", "SAEs", "ablation", *(m.label for m in decls)), rows, numeric_from=2)
+    if any(any_flagged(r.doc["conditions"]) for r in runs):
+        table += f"<p class=note>{html.escape(UNRELIABLE_LEGEND)}</p>"
+    return table
 
 
 def _generation_table(runs: Sequence[Run]) -> str | None:

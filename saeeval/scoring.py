@@ -25,6 +25,7 @@ from saeeval.metrics.lm_loss import (
     CleanRows,
     KLDivergence,
     NextTokenCrossEntropy,
+    PairedCEDifference,
     kl_rows,
     next_token_targets,
     nll_rows,
@@ -77,13 +78,15 @@ def score_lm(
     input_only: bool = False,
     clean_flags: NonFinite | None = None,
     flags: Sequence[NonFinite] | None = None,
+    ce_deltas: Sequence[PairedCEDifference] | None = None,
 ) -> None:
     """Update `clean_ce` (if given) and each condition's `ces[i]`/`kls[i]` from final residuals `[B, T, d]`.
 
     Same definitions as NextTokenCrossEntropy.update / KLDivergence.update on whole logits: CE over positions whose
     input and target are unmasked (`input_only`: whose input is, as sae_lens counts it), KL over unmasked positions.
     `clean_flags` / `flags[i]` (optional) count the scored positions whose CE or KL came out non-finite (NaN/inf
-    logits), from the per-row values only.
+    logits), from the per-row values only. `ce_deltas[i]` (optional) gets condition i's per-position CE minus
+    the clean CE (for its standard error).
     """
     if not (len(finals) == len(ces) == len(kls)):
         raise ValueError(f"got {len(finals)} final residuals for {len(ces)} CE and {len(kls)} KL metrics")
@@ -95,7 +98,7 @@ def score_lm(
     targets = next_token_targets(tokens.to(clean.device), mask, input_only)
     rows = chunk or rows_per_chunk(unembed.d_vocab, unembed.weight.device)
     for h_clean, target, *hs in row_chunks(mask, rows, clean, targets[..., None], *finals):
-        _score_chunk(unembed, h_clean, target[:, 0], hs, clean_ce, ces, kls, clean_flags, flags)
+        _score_chunk(unembed, h_clean, target[:, 0], hs, clean_ce, ces, kls, clean_flags, flags, ce_deltas)
 
 
 def _score_chunk(
@@ -108,14 +111,15 @@ def _score_chunk(
     kls: Sequence[KLDivergence],
     clean_flags: NonFinite | None = None,
     flags: Sequence[NonFinite | None] | None = None,
+    ce_deltas: Sequence[PairedCEDifference] | None = None,
 ) -> None:
     """One chunk of rows (a function, so its [R, V] buffers are freed before the next chunk's are made)."""
     target = target.to(unembed.weight.device)
     valid = target != IGNORE
     n_valid = valid.sum()
     ref = CleanRows(unembed(h_clean), consume=True)
+    clean_nll = nll_rows(ref.log_p, target) if clean_ce is not None or ce_deltas is not None else None
     if clean_ce is not None:
-        clean_nll = nll_rows(ref.log_p, target)
         clean_ce.add(clean_nll, n_valid)
         if clean_flags is not None:
             clean_flags.update(LOGITS, clean_nll)
@@ -126,7 +130,8 @@ def _score_chunk(
         u = unembed.pullback(ref.p)
         mass = ref.p.sum(-1).to(_F64)
         h_clean = h_clean.to(u.device, u.dtype)
-    for h, ce, kl, flag in zip(hs, ces, kls, flags or [None] * len(hs)):
+    deltas = list(ce_deltas) if ce_deltas is not None else [None] * len(hs)
+    for h, ce, kl, flag, delta in zip(hs, ces, kls, flags or [None] * len(hs), deltas):
         logits = unembed(h)
         if pullback:
             picked = logits.gather(1, target.clamp_min(0)[:, None])[:, 0].to(_F64)
@@ -142,6 +147,8 @@ def _score_chunk(
             kl_vals = kl_rows(ref, log_q)
         ce.add(ce_rows, n_valid)
         kl.add(kl_vals)
+        if delta is not None:
+            delta.add(ce_rows.to(_F64) - clean_nll.to(_F64), n_valid)  # type: ignore[union-attr]
         if flag is not None:
             flag.update(LOGITS, ce_rows + kl_vals)
 

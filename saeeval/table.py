@@ -15,8 +15,9 @@ from typing import Any
 from rich import box
 from rich.console import Console, Group
 from rich.table import Table
+from rich.text import Text
 
-from saeeval.catalog import Metric, fmt, metrics, present, short_name
+from saeeval.catalog import UNRELIABLE_LEGEND, Metric, any_flagged, cell, fmt, metrics, present, short_name
 
 WIDE = 200  # page width when stdout is not a terminal and COLUMNS is unset (logs, CI)
 _SUB = "  └ "
@@ -58,7 +59,7 @@ def task_table(doc: Mapping[str, Any], width: int) -> Table | None:
             table.add_column(m.short, justify="right", no_wrap=True)
         for name, c in conds.items():
             task = c.get("task") or {}
-            table.add_row(short_name(name), *(fmt(m.value(task), m.spec) for m in shown))
+            table.add_row(short_name(name), *(cell(m, task, c) for m in shown))
         return table
 
     return _fit(build, decls, width)
@@ -101,7 +102,7 @@ def lm_table(doc: Mapping[str, Any], width: int) -> Table:
         for name, c in conds.items():
             lm, recon = c.get("lm") or {}, c.get("reconstruction") or {}
             single = next(iter(recon.values())) if len(recon) == 1 else None
-            table.add_row(short_name(name), *(_lm_cell(m, lm, single) for m in shown))
+            table.add_row(short_name(name), *(_lm_cell(m, c, lm, single) for m in shown))
             if len(recon) > 1:
                 for hook, r in recon.items():
                     table.add_row(_SUB + short_name(hook), *(
@@ -112,10 +113,10 @@ def lm_table(doc: Mapping[str, Any], width: int) -> Table:
     return _fit(build, [*lm_decls, *rc_decls], width)
 
 
-def _lm_cell(m: Metric, lm: Mapping[str, Any], recon: Mapping[str, Any] | None) -> str:
+def _lm_cell(m: Metric, cond: Mapping[str, Any], lm: Mapping[str, Any], recon: Mapping[str, Any] | None) -> str:
     """An LM cell from the condition's `lm`; a reconstruction cell from its only SAE (blank for groups)."""
     if m.section == "lm":
-        return fmt(m.value(lm), m.spec)
+        return cell(m, lm, cond)
     return "" if recon is None else fmt(m.value(recon), m.spec)
 
 
@@ -124,7 +125,9 @@ def results_tables(doc: Mapping[str, Any], width: int) -> Group:
     logit-difference table)."""
     generate_only = ((doc.get("task") or {}).get("options") or {}).get("answer_mode") == "generate"
     task = None if generate_only else task_table(doc, width)
-    tables = [t for t in (task, generation_table(doc, width), lm_table(doc, width)) if t is not None]
+    tables: list[Any] = [t for t in (task, generation_table(doc, width), lm_table(doc, width)) if t is not None]
+    if any_flagged(doc["conditions"]):
+        tables.append(Text(UNRELIABLE_LEGEND, style="dim"))
     return Group(*tables)
 
 

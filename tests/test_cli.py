@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from saeeval.catalog import UNRELIABLE_LEGEND, fmt
+from saeeval.metrics.stats import UNRELIABLE_Z
+
 pytestmark = pytest.mark.slow
 
 
@@ -60,6 +63,23 @@ def test_toxicity_default_run_writes_results_with_clean_accuracy_and_sae_damage(
     assert set(doc["slices"]) >= {"identity=african", "identity=straight", "identity=paralyzed", "label=toxic"}
     assert "false_positive_rate" in doc["slices"]["identity=african"]["clean"]
     assert "identity" in doc["gaps"]
+
+
+def test_toxicity_flags_the_ill_conditioned_recovered_of_l1_attn_z_and_nothing_else(toxicity_run):
+    """Zero-ablating L1.attn.z moves the logit difference by ~0.04 ± 0.017: its recovered share (−0.55) is
+    flagged in results.json and the table; the other SAEs' baselines move it by many standard errors."""
+    out, proc = toxicity_run
+    conds = json.loads((out / "results.json").read_text())["conditions"]
+    base = conds["zero_ablation@blocks.1.attn.hook_z"]["task"]
+    assert abs(base["delta_logit_diff"]) < UNRELIABLE_Z * base["delta_logit_diff_stderr"]
+    assert conds["blocks.1.attn.hook_z"]["unreliable"] == ["logit_diff_recovered"]
+    for name in ("blocks.0.hook_resid_post", "blocks.1.hook_mlp_out", "blocks.1.hook_resid_post"):
+        assert conds[name]["unreliable"] == [], name
+        assert conds[name]["task"]["logit_diff_recovered"] is not None
+    recovered = fmt(conds["blocks.1.attn.hook_z"]["task"]["logit_diff_recovered"], ".3f")
+    row = next(line for line in proc.stdout.splitlines() if line.split()[:1] == ["L1.attn.z"])
+    assert f"{recovered}?" in row.split()
+    assert UNRELIABLE_LEGEND in proc.stdout.replace("\n", " ")
 
 
 def test_toxicity_samples_are_complete_and_ordered(toxicity_run):

@@ -234,3 +234,45 @@ def test_one_condition_per_forward_on_cpu_and_by_free_memory_on_cuda(monkeypatch
     free = [1 * gib]
     assert conditions_per_forward(fake, (8, 128)) == 3  # 256 MiB share: three
     assert rows_per_chunk(256_000, "cuda") == gib // 4 // (16 * 256_000)
+
+
+@pytest.mark.parametrize("soft_cap", [-1.0, 3.0])
+def test_paired_ce_differences_and_kl_stderr_equal_per_position_references(saes, soft_cap):
+    """The states behind the unreliable flags: per CE position, the condition's CE minus clean's (pull-back and
+    direct paths), and KL per scored position, against whole-logit references; mean and standard error."""
+    import torch.nn.functional as F
+
+    from saeeval.metrics.lm_loss import IGNORE, next_token_targets
+    from saeeval.metrics.stats import mean_and_stderr
+
+    model = make_model(soft_cap)
+    batches = [make_batch(seed=3), make_batch(seed=4)]
+    module = _module(model, saes)
+    _run(module, batches)
+    conds = build_conditions(saes)
+    splicer = Splicer(model, saes)
+    diffs: list[list[torch.Tensor]] = [[] for _ in conds]
+    kls: list[list[torch.Tensor]] = [[] for _ in conds]
+    for tokens, am, _ in batches:
+        mask = TokenMask()(tokens, am, None, [0])
+        targets = next_token_targets(tokens, mask)
+        ce_pos = targets != IGNORE
+        with torch.no_grad():
+            clean = model(tokens, attention_mask=am).double()
+        clean_nll = F.cross_entropy(clean[ce_pos], targets[ce_pos], reduction="none")
+        for i, c in enumerate(conds):
+            logits = whole_logits(model, splicer, c, tokens, am, mask).double()
+            diffs[i].append(F.cross_entropy(logits[ce_pos], targets[ce_pos], reduction="none") - clean_nll)
+            p = F.log_softmax(clean, -1)
+            kls[i].append((p.exp() * (p - F.log_softmax(logits, -1))).sum(-1)[mask])
+
+    def mean_se(values: list[torch.Tensor]) -> tuple[float, float]:
+        v = torch.cat(values)
+        m, se = mean_and_stderr(torch.tensor(float(v.numel()), dtype=torch.float64), v.sum(), v.square().sum())
+        return float(m), float(se)
+
+    for i, m in enumerate(module.metrics[1:]):
+        want_mean, want_se = mean_se(diffs[i])
+        assert float(m.ce_delta.compute()) == pytest.approx(want_mean, rel=1e-5, abs=1e-6)
+        assert float(m.ce_delta.stderr()) == pytest.approx(want_se, rel=1e-4)
+        assert float(m.kl.stderr()) == pytest.approx(mean_se(kls[i])[1], rel=1e-4)

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
+from saeeval.metrics.stats import mean_and_stderr
+
 _F64 = torch.float64
 IGNORE = -100
 CHUNK_ELEMENTS = 1 << 22  # logits per chunk: 16 MiB in float32
@@ -62,13 +64,15 @@ def _compute_dtype(*tensors: Tensor) -> torch.dtype:
 
 
 class _MaskedMean(Metric):
-    """Float64 running Σ and count of per-position values; compute = Σ / count (NaN when count = 0)."""
+    """Float64 running Σ, Σ² and count of per-position values; compute = Σ / count (NaN when count = 0);
+    `stderr()` = the standard error of that mean over positions (saeeval.metrics.stats.mean_and_stderr)."""
 
     is_differentiable = False
     higher_is_better = False
     full_state_update = False
 
     total: Tensor
+    total_sq: Tensor
     count: Tensor
 
     def __init__(self, chunk_size: int | None = None, **kwargs: Any) -> None:
@@ -77,6 +81,7 @@ class _MaskedMean(Metric):
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.chunk_size = chunk_size
         self.add_state("total", default=torch.zeros((), dtype=_F64), dist_reduce_fx="sum")
+        self.add_state("total_sq", default=torch.zeros((), dtype=_F64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros((), dtype=_F64), dist_reduce_fx="sum")
         # `add` counts as an update (torchmetrics' bookkeeping: cached compute reset, update count), like `update`.
         self.add: Callable[..., None] = self._wrap_update(self._add)
@@ -90,6 +95,7 @@ class _MaskedMean(Metric):
         The chunked scorer (saeeval.scoring) feeds the states this way, with values it computed for several metrics
         at once."""
         self.total += values.sum(dtype=_F64).to(self.total.device)
+        self.total_sq += values.to(_F64).square().sum().to(self.total.device)
         if count is None:
             count = values.numel()
         self.count += count.to(self.count.device) if isinstance(count, Tensor) else count
@@ -98,6 +104,12 @@ class _MaskedMean(Metric):
         if self.count == 0:
             return torch.tensor(float("nan"), dtype=_F64, device=self.total.device)
         return self.total / self.count
+
+    def stderr(self) -> Tensor:
+        """Standard error of the mean over positions (NaN below 2 positions); positions of one text are
+        correlated, so this is a lower bound on the uncertainty across texts."""
+        with self.sync_context():  # summed over DDP ranks like compute(), then restored
+            return mean_and_stderr(self.count, self.total, self.total_sq)[1].clone()
 
 
 def next_token_targets(tokens: Tensor, mask: Tensor, input_only: bool = False) -> Tensor:
@@ -172,6 +184,15 @@ class NextTokenCrossEntropy(_MaskedMean):
         for rows, target in row_chunks(select, self._rows_per_chunk(logits.shape[-1]), logits, targets[..., None]):
             loss = F.cross_entropy(rows.to(dtype), target[:, 0], ignore_index=IGNORE, reduction="none")
             self._add(loss, (target != IGNORE).sum())
+
+
+class PairedCEDifference(_MaskedMean):
+    """Mean per-position difference CE_condition − CE_clean over the CE positions, with its standard error: the
+    uncertainty of a ce_loss_score denominator (CE_abl − CE_clean), fed by saeeval.scoring with ``add``.
+    ``compute()`` → float64 scalar (equals the difference of the two CE means)."""
+
+    def update(self, differences: Tensor, count: int | Tensor | None = None) -> None:
+        self._add(differences, count)
 
 
 class KLDivergence(_MaskedMean):

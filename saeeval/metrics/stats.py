@@ -19,6 +19,13 @@ Z_95 = 1.959963984540054
 RATIO_EPS = 1e-8
 """|denominator| below this makes a cross-condition ratio undefined (reported as null)."""
 
+RELIABLE_CI_SHARE = 0.5
+"""A score ratio (logit_diff_recovered, ce_loss_score, kl_div_score) is flagged unreliable when the 95% CI
+half-width of its denominator, the ablation baseline's effect, is more than this share of the denominator:
+|denominator| < Z_95 · stderr / 0.5 ≈ 3.9 standard errors. The denominator is then known only to within ±50%
+(at 95%), so the ratio could as well be half or double its value: an ablation that barely moves the metric."""
+UNRELIABLE_Z = Z_95 / RELIABLE_CI_SHARE
+
 
 def _nan_like(x: Tensor) -> Tensor:
     return torch.full_like(x, float("nan"))
@@ -95,6 +102,17 @@ def safe_ratio(numerator: Tensor, denominator: Tensor, scale: Tensor | None = No
     ok = (denominator.abs() > bound) & torch.isfinite(numerator) & torch.isfinite(denominator)
     safe_den = torch.where(ok, denominator, torch.ones_like(denominator))
     return torch.where(ok, numerator / safe_den, _nan_like(numerator))
+
+
+def ill_conditioned(denominator: float | None, stderr: float | None) -> bool:
+    """Whether a ratio over `denominator` (with standard error `stderr`) is unreliable: |denominator| <
+    UNRELIABLE_Z · stderr, or the stderr is unknown (fewer than 2 examples/positions). False when there is no
+    denominator (the ratio is null then)."""
+    den = _as_float(denominator)
+    if den is None:
+        return False
+    se = _as_float(stderr)
+    return se is None or abs(den) < UNRELIABLE_Z * se
 
 
 def _as_float(value: float | Tensor | None) -> float | None:
