@@ -238,6 +238,29 @@ def test_every_condition_generates_what_a_hand_written_loop_generates(run, zoo):
             assert s["generation"][name]["tokens"] == want, (name, s["id"])
 
 
+def test_compat_ablations_also_replace_special_tokens_while_generating(zoo):
+    """compat=saelens ablates every real token, BOS included, in the prompt and at every generated position; the
+    SAE splices keep special tokens out."""
+    model, saes = zoo
+    results = saeeval.evaluate(model, list(saes.values()), "ioi", limit=6, batch_size=3, answer_mode="both",
+                               max_new_tokens=4, compat="saelens")
+    special, eos = set(special_token_ids(model.tokenizer)), model.tokenizer.eos_token_id
+    by_hook = {s.cfg.metadata.hook_name: s for s in saes.values()}
+    checked = 0
+    for name, cond in results.conditions.items():
+        if name == "clean":
+            continue
+        hook = cond["hooks"][0]
+        ablated = cond["ablation"] == "zero"
+        replaces = {hook: torch.zeros_like if ablated else sae_replace(by_hook[hook])}
+        for s in results.samples:
+            spliced = (lambda i, t: True) if ablated else (lambda i, t: t not in special)
+            want = hand_greedy(model, prompt_of(model.tokenizer, s), 4, replaces, spliced, eos)
+            assert s["generation"][name]["tokens"] == want, (name, s["id"])
+            checked += 1
+    assert checked == 8 * 6
+
+
 def test_counts_equal_the_samples_and_the_logit_diff_labels(run):
     task, ablation, results = run
     slice_key = "identity=african" if task == "toxicity" else "order=ABBA"
