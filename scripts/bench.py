@@ -24,9 +24,9 @@ every timing (the floor included) swings 10-20x from round to round. Use --threa
 use process CPU time by default (exact for one thread, and far steadier than wall time when other processes
 compete for the cores); `--clock wall` uses wall time; both are printed.
 
-Mask: every position is counted by default. With --ignore-bos both sides drop BOS (sae_lens ignore_tokens), but
-sae_lens then still zero-ablates the BOS position while saeeval ablates only masked-in positions, so the ablated
-CE/KL are printed but not compared. The dev and tiny shapes end with ``speedup=<x> max_rel_diff=<y>
+Mask: every position is counted by default. With --ignore-bos both sides drop BOS (sae_lens ignore_tokens);
+sae_lens then still zero-ablates the BOS position, so saeeval runs with compat=saelens (ablation at BOS too, CE
+counted by input token) and every number is compared. The dev and tiny shapes end with ``speedup=<x> max_rel_diff=<y>
 floor_ratio=<z>``; gpt2-small adds a ``gpt2-small: ...`` line with seconds per SAE, the memory case its own line.
 """
 
@@ -56,7 +56,6 @@ TARGETS = {"speedup": 3.0, "floor_ratio": 1.05}
 COMPARED = ("ce_loss_without_sae", "ce_loss_with_sae", "ce_loss_with_ablation", "kl_div_with_sae",
             "kl_div_with_ablation", "explained_variance", "mse", "l0", "l1", "cossim", "l2_ratio")
 """sae_lens run_evals keys compared (its names); the derived ce/kl scores follow from them."""
-ABLATED_KEYS = ("ce_loss_with_ablation", "kl_div_with_ablation")
 
 
 # --- the three contenders -------------------------------------------------------------------------------------
@@ -68,6 +67,7 @@ def run_saeeval(
     conditions = build_conditions(saes)
     mask = TokenMask(exclude_special=ignore_bos)
     module = SAEEvalModule(model, saes, conditions, Masks(splice=mask, score=mask), [BOS],
+                           compat="saelens" if ignore_bos else "none",
                            has_answers=False, num_groups=0, condition_batch=condition_batch)
     for i, tokens in enumerate(batches):
         module.test_step({"tokens": tokens, "attention_mask": torch.ones_like(tokens)}, i)
@@ -144,12 +144,10 @@ def peak_tensor_mib(fn: Callable[[], Any]) -> float | None:
     return None if peak is None else peak / 2**20
 
 
-def max_rel_diff(ours: dict, theirs: dict, skip: tuple[str, ...]) -> tuple[float, str]:
+def max_rel_diff(ours: dict, theirs: dict) -> tuple[float, str]:
     worst, where = 0.0, ""
     for sae, metrics in theirs.items():
         for key, want in metrics.items():
-            if key in skip:
-                continue
             got = ours[sae][key]
             rel = abs(got - want) / max(abs(want), abs(got), 1e-12)
             if rel > worst or rel != rel:
@@ -193,8 +191,7 @@ def compare(args: argparse.Namespace, s: Setup, shape: str) -> int:
             print(f"round {r - warmup + 1}: " + ", ".join(f"{k} {times[k][-1]:.3f}s" for k in contenders), flush=True)
     peaks = {name: peak_tensor_mib(fn) for name, fn in contenders.items()} if (tiny or dev) else {}
 
-    skip = ABLATED_KEYS if args.ignore_bos else ()
-    rel, where = max_rel_diff(results["saeeval"], results["sae_lens"], skip)
+    rel, where = max_rel_diff(results["saeeval"], results["sae_lens"])
     speedup = statistics.median(b / a for a, b in zip(times["saeeval"], times["sae_lens"]))
     floor_ratio = statistics.median(a / f for a, f in zip(times["saeeval"], times["floor"]))
 
@@ -203,8 +200,6 @@ def compare(args: argparse.Namespace, s: Setup, shape: str) -> int:
         print(f"  {name:28s} {m['ce_loss_without_sae']:.4f} / {m['ce_loss_with_sae']:.4f} / "
               f"{m['ce_loss_with_ablation']:.4f}   {m['kl_div_with_sae']:.4f} / {m['kl_div_with_ablation']:.4f}   "
               f"{m['explained_variance']:.3f}   {m['l0']:.1f}")
-    if skip:
-        print(f"not compared (--ignore-bos: sae_lens zero-ablates BOS too): {', '.join(skip)}")
     print(f"largest relative difference: {rel:.3g} ({where})")
     for name in contenders:
         mem = "" if name not in peaks else (", peak tensor memory n/a" if peaks[name] is None
@@ -273,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="also time saeeval with this many conditions per suffix forward (run_many batching)")
     p.add_argument("--memory-batches", type=lambda v: [int(x) for x in v.split(",")], default=[8, 32],
                    help="batch sizes of the memory case (gemma-2-2b-narrow), comma-separated")
-    p.add_argument("--ignore-bos", action="store_true", help="drop BOS from metrics (ablated CE/KL not compared)")
+    p.add_argument("--ignore-bos", action="store_true", help="drop BOS from metrics (saeeval with compat=saelens)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
