@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import pandas
     from matplotlib.figure import Figure
 
-_META = ("saes", "hooks", "ablation", "baseline")
+_META = ("saes", "hooks", "ablation", "baseline", "unreliable")
 
 
 class Results:
@@ -51,7 +51,8 @@ class Results:
         return self.document.get("gaps") or {}
 
     def to_pandas(self) -> pandas.DataFrame:
-        """One row per condition: saes, hooks, ablation, baseline, then every task, lm and generation metric as
+        """One row per condition: saes, hooks, ablation, baseline, unreliable (the scores flagged ill-conditioned),
+        then every task, lm and generation metric as
         `task/<metric>`, `lm/<metric>`, `generation/<metric>` and every reconstruction metric as `reconstruction/<hook>/<metric>` —
         declared metrics first (saeeval.catalog), then any other number the document holds. A value marked
         "nan" (outputs became non-finite) is float NaN here; null (not applicable) is None."""

@@ -17,6 +17,7 @@ from saeeval.document import Computed, conditions_entry
 from saeeval.metrics.lm_loss import KLDivergence, PairedCEDifference
 from saeeval.metrics.stats import UNRELIABLE_Z, ill_conditioned
 from saeeval.report import _conditions_table
+from saeeval.run_results import Results
 from saeeval.runs import Run
 from saeeval.table import results_tables
 
@@ -78,6 +79,8 @@ def test_results_list_exactly_the_ill_conditioned_scores() -> None:
     assert conds["zero_ablation@h"]["lm"]["kl_div_stderr"] == pytest.approx(0.0002)
     assert "unreliable" not in conds["zero_ablation@h"] and "unreliable" not in conds["clean"]
     assert _doc(-5.0, 0.3)["conditions"]["sae"]["unreliable"] == ["kl_div_score"]  # ΔLD 17 s.e.: reliable
+    frame = Results(_doc(-0.6, 0.3)).to_pandas()
+    assert frame.loc["sae", "unreliable"] == ["logit_diff_recovered", "kl_div_score"]
 
 
 def test_table_and_report_mark_flagged_values_and_explain_the_mark(tmp_path) -> None:
