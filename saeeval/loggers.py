@@ -79,18 +79,21 @@ def logged_config(doc: Mapping[str, Any]) -> dict[str, Any]:
 
 def samples_table(doc: Mapping[str, Any], out_dir: Path) -> tuple[list[str], list[list[Any]]] | None:
     """Columns and rows of samples.jsonl for a table: id, prompt, answer strings, each example field, then the
-    logit difference under every condition (`logit_diff/<condition>`); None when the task has no samples."""
+    logit difference under every condition (`logit_diff/<condition>`) and, when the run generated, the generated
+    text (`generated/<condition>`); None when the task has no samples."""
     path = Path(out_dir) / SAMPLES_FILE
     if not path.exists():
         return None
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
     conds = list(doc["conditions"])
     fields = list(dict.fromkeys(k for r in records for k in (r.get("fields") or {})))
+    generated = [c for c in conds if any(c in (r.get("generation") or {}) for r in records)]
     columns = ["id", "prompt", "correct", "incorrect", *[f"fields/{f}" for f in fields],
-               *[f"logit_diff/{c}" for c in conds]]
+               *[f"logit_diff/{c}" for c in conds], *[f"generated/{c}" for c in generated]]
     rows = [
         [r["id"], r["prompt"], r.get("correct_str"), r.get("incorrect_str"),
-         *[(r.get("fields") or {}).get(f) for f in fields], *[r["logit_diff"].get(c) for c in conds]]
+         *[(r.get("fields") or {}).get(f) for f in fields], *[r["logit_diff"].get(c) for c in conds],
+         *[((r.get("generation") or {}).get(c) or {}).get("text") for c in generated]]
         for r in records
     ]
     return columns, rows

@@ -18,7 +18,7 @@ from sae_lens import SAE
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import make_sae
-from saeeval.loggers import flat_metrics
+from saeeval.loggers import flat_metrics, samples_table
 from saeeval.report import build_report
 from saeeval.run_results import Results
 from saeeval.masks import special_token_ids
@@ -88,6 +88,9 @@ def test_toxicity_both_writes_generation_blocks_and_texts(tmp_path):
     flat = flat_metrics(doc)
     assert flat["clean/generation/accuracy"] == 1.0
     assert flat["slices/identity=african/clean/generation/n"] == doc["slices"]["identity=african"]["clean"]["n"]
+    columns, rows = samples_table(doc, tmp_path)
+    col = columns.index("generated/clean")
+    assert [row[col] for row in rows] == [s["generation"]["clean"]["text"] for s in samples]
     page = build_report([tmp_path], tmp_path / "report.html").read_text()
     assert "<h3>Generated answers</h3>" in page and "agrees with LD label" in page and "identity=african" in page
 
