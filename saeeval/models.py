@@ -193,18 +193,47 @@ def _load_hf_folder(folder: Path, device: str, dtype: torch.dtype, kwargs: dict[
                     config_dir, hf_cfg=hf_cfg, fold_ln=processing["fold_ln"], device=device, dtype=dtype,
                     **config_kwargs,
                 )
-            state_dict = tl_loading.get_pretrained_state_dict(config_dir, cfg, hf_model=hf_model, dtype=dtype)
+            with torch.no_grad():  # plain views of the HF tensors, not autograd nodes holding them
+                state_dict = tl_loading.get_pretrained_state_dict(config_dir, cfg, hf_model=hf_model, dtype=dtype)
     except (OSError, ValueError, KeyError, AttributeError, NotImplementedError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SaeevalError(
             f"could not load Hugging Face folder '{folder}' ({first_line}): it needs config.json, the weights and "
             "tokenizer files of a causal LM that TransformerLens supports"
         ) from err
+    del hf_model  # its weights live on only where the converted state dict views them
     cfg.model_name = folder.resolve().name
     model = HookedSAETransformer(cfg, tokenizer, move_to_device=False)
-    model.load_and_process_state_dict(state_dict, **processing)
+    if any(processing.values()):
+        model.load_and_process_state_dict(state_dict, **processing)
+    else:
+        take_over_weights(model, state_dict)
     model.move_model_modules_to_device()
     return model
+
+
+def take_over_weights(model: Any, state_dict: dict[str, torch.Tensor]) -> None:
+    """Load a converted state dict by making its tensors the model's parameters (`assign`), not copies of them.
+
+    Why: TransformerLens's loader copies every tensor into freshly allocated parameters while the Hugging Face
+    model still holds its own, so loading peaked near 4× the checkpoint. Here each tensor is taken over in the
+    parameter's dtype, made contiguous one at a time (a view's source is freed once its last view is replaced),
+    except W_U, which checkpoints store as `lm_head.weight` (`[V, d]`): its transpose stays a view (the unembedding
+    reads it as a transposed matrix at no cost), so a tied W_U is W_E's own storage (GPT-2: one copy, as in the
+    checkpoint) and an untied one is not copied a second time. Lightning's `.to` unties them again on a device or
+    dtype change (each parameter is moved alone). TransformerLens's Gemma format keeps W_E = embed·√d_model, a
+    scaled copy beside W_U = embedᵀ, so there the checkpoint's one embedding is held twice.
+    """
+    state_dict = model.fill_missing_keys(state_dict)
+    targets = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    for key in list(state_dict):
+        tensor = state_dict.pop(key)
+        if key in targets:
+            tensor = tensor.to(targets[key].dtype)
+            if not (key == "unembed.W_U" and tensor.T.is_contiguous()):
+                tensor = tensor.contiguous()
+        model.load_state_dict({key: tensor}, strict=False, assign=True)
+        del tensor
 
 
 # Architectures TransformerLens 3.9 configures from official names only (never from a config file), with the

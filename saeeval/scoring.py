@@ -131,18 +131,17 @@ def _score_chunk(
         mass = ref.p.sum(-1).to(_F64)
         h_clean = h_clean.to(u.device, u.dtype)
     deltas = list(ce_deltas) if ce_deltas is not None else [None] * len(hs)
+    buf = None  # one [R, V] buffer for every condition's logits in this chunk
     for h, ce, kl, flag, delta in zip(hs, ces, kls, flags or [None] * len(hs), deltas):
-        logits = unembed(h)
+        logits = buf = unembed(h, out=buf)
         if pullback:
             picked = logits.gather(1, target.clamp_min(0)[:, None])[:, 0].to(_F64)
             lse = _logsumexp_(logits)
-            del logits
             ce_rows = torch.where(valid, lse - picked, 0.0)
             moved = torch.linalg.vecdot(h_clean - h.to(u.device, u.dtype), u).to(_F64)
             kl_vals = moved + mass * (lse - ref.lse)
         else:
             log_q = F.log_softmax(logits.to(ref.log_p.dtype), dim=-1)
-            del logits
             ce_rows = nll_rows(log_q, target)
             kl_vals = kl_rows(ref, log_q)
         ce.add(ce_rows, n_valid)

@@ -6,7 +6,7 @@ and the activations at the spliced hooks; each condition (an SAE, a group of SAE
 then re-runs only the blocks from its first spliced layer on, and several conditions that start at the same
 layer can share one batched forward. A splice at `blocks.L.hook_resid_post` (block L's output, block L+1's
 input) is applied to the cached activation and the suffix starts at block L+1, so block L is not re-run.
-Hooks are attached with `model.hooks(...)` for one call only, so the model is never modified (no `add_sae`,
+Hooks are attached for one call only (saeeval.hooks), so the model is never modified (no `add_sae`,
 no module swap). Masked-out positions keep their clean activation bit for bit.
 Every pass stops at the final residual stream (after ln_final, `[B, T, d]`): logits at a 256k vocabulary are GBs,
 so saeeval.scoring unembeds them a chunk of positions at a time; `.logits` gives them whole on demand.
@@ -24,6 +24,7 @@ from sae_lens import SAE
 
 from saeeval.conditions import Condition, hook_layer, hooks_of
 from saeeval.errors import SaeevalError
+from saeeval.hooks import forward_hooks
 from saeeval.saes import sae_hook
 from saeeval.unembed import Unembed
 
@@ -166,7 +167,7 @@ class Splicer:
             store[hook.name] = act
             order.setdefault(hook.name, len(order))
 
-        with model.hooks(fwd_hooks=[(n, save) for n in names]):
+        with forward_hooks(model, [(n, save) for n in names]):
             final = self._final(model(tokens, attention_mask=attention_mask, stop_at_layer=model.cfg.n_layers))
         self._check_widths(store)
         return CleanPass(
@@ -336,29 +337,15 @@ class Splicer:
                 pieces.append(splice_one(i, hook.name, clean.acts[hook.name] if hook.name == first[i] else live))
             return pieces[0] if k == 1 else torch.cat(pieces)
 
-        def rep(t: torch.Tensor) -> torch.Tensor:
-            return t if k == 1 else t.repeat(k, *([1] * (t.ndim - 1)))
-
-        am = rep(clean.attention_mask)
         fwd_hooks = [(h, splice) for h in hooks_of(conds) if h != entry]
-        stop = self.model.cfg.n_layers
-        with self.model.hooks(fwd_hooks=fwd_hooks):
-            if start is None:
-                resid = self.model(rep(clean.tokens), attention_mask=am, stop_at_layer=stop)
-            else:
-                inputs = [
-                    splice_one(i, entry, clean.acts[entry]) if entry in c.hooks else clean.resid_pre[start]
-                    for i, c in enumerate(conds)
-                ]
-                sf = clean.shortformer_pos_embed
-                resid = self.model(
-                    inputs[0] if k == 1 else torch.cat(inputs),
-                    start_at_layer=start,
-                    stop_at_layer=stop,
-                    attention_mask=am,
-                    shortformer_pos_embed=None if sf is None else rep(sf),
-                )
-            final = self._final(resid)
+        resid = None
+        if start is not None:
+            inputs = [
+                splice_one(i, entry, clean.acts[entry]) if entry in c.hooks else clean.resid_pre[start]
+                for i, c in enumerate(conds)
+            ]
+            resid = inputs[0] if k == 1 else torch.cat(inputs)
+        final = self._forward_from(clean, start, resid, k, fwd_hooks)
         return [
             SplicedPass(cond, final if k == 1 else final[i * b : (i + 1) * b], self.unembed, recons[i])
             for i, cond in enumerate(conds)
@@ -375,22 +362,32 @@ class Splicer:
         """
         if hook not in clean.acts:
             raise ValueError(f"hook {hook!r} is not cached; pass it to Splicer.clean")
-        model, start = self.model, _entry_layer(hook)
-
-        def rep(t: torch.Tensor) -> torch.Tensor:
-            return t if copies == 1 else t.repeat(copies, *([1] * (t.ndim - 1)))
-
-        am, stop = rep(clean.attention_mask), model.cfg.n_layers
+        start = _entry_layer(hook)
         at_input = start is not None and start != hook_layer(hook)
         fwd_hooks = [] if at_input else [(hook, lambda act, hook: edit(act))]
-        with model.hooks(fwd_hooks=fwd_hooks):
+        resid = None
+        if start is not None:
+            resid = edit(_repeat(clean.acts[hook], copies)) if at_input else _repeat(clean.resid_pre[start], copies)
+        return self._forward_from(clean, start, resid, copies, fwd_hooks)
+
+    def _forward_from(
+        self, clean: CleanPass, start: int | None, resid: torch.Tensor | None, copies: int,
+        fwd_hooks: Sequence[tuple[str, Callable[..., Any]]],
+    ) -> torch.Tensor:
+        """The final residual `[copies·B, T, d]` of `copies` stacked copies of the batch with `fwd_hooks` on: the
+        whole model from the tokens (`start` None), else the blocks from `start` on with input `resid`."""
+        model = self.model
+        am, stop = _repeat(clean.attention_mask, copies), model.cfg.n_layers
+        with forward_hooks(model, fwd_hooks):
             if start is None:
-                resid = model(rep(clean.tokens), attention_mask=am, stop_at_layer=stop)
+                out = model(_repeat(clean.tokens, copies), attention_mask=am, stop_at_layer=stop)
             else:
                 sf = clean.shortformer_pos_embed
-                resid = model(
-                    edit(rep(clean.acts[hook])) if at_input else rep(clean.resid_pre[start]),
-                    start_at_layer=start, stop_at_layer=stop, attention_mask=am,
-                    shortformer_pos_embed=None if sf is None else rep(sf),
-                )
-            return self._final(resid)
+                out = model(resid, start_at_layer=start, stop_at_layer=stop, attention_mask=am,
+                            shortformer_pos_embed=None if sf is None else _repeat(sf, copies))
+            return self._final(out)
+
+
+def _repeat(t: torch.Tensor, copies: int) -> torch.Tensor:
+    """`copies` copies of a batch stacked along dim 0 (the tensor itself for one)."""
+    return t if copies == 1 else t.repeat(copies, *([1] * (t.ndim - 1)))

@@ -2,8 +2,8 @@
 
 Why not the model's own: TransformerLens 3.9's `Unembed` copies W_U on every call (`W_U.T.contiguous()`, 2.2 GB at
 Gemma-2's 256k vocabulary) and its Gemma soft-cap (`cap * tanh(x / cap)`) makes two more full-size copies of the
-logits. Here rows `[R, d]` go through one `addmm` against W_U as stored, into one fresh `[R, V]` buffer that the
-soft-cap then rewrites in place; the caller picks R, so peak memory follows the chunk, not B·T·V.
+logits. Here rows `[R, d]` go through one `addmm` against W_U as stored, into one `[R, V]` buffer (fresh, or the caller's) that
+the soft-cap then rewrites in place; the caller picks R, so peak memory follows the chunk, not B·T·V.
 """
 
 from __future__ import annotations
@@ -42,11 +42,13 @@ class Unembed:
         cap = getattr(self.model.cfg, "output_logits_soft_cap", None)
         return float(cap) if cap is not None and cap > 0 else None
 
-    def __call__(self, resid: Tensor) -> Tensor:
-        """Logits `[..., V]` for `resid [..., d]` in the model's dtype (one matmul, soft-cap in place)."""
+    def __call__(self, resid: Tensor, out: Tensor | None = None) -> Tensor:
+        """Logits `[..., V]` for `resid [..., d]` in the model's dtype (one matmul, soft-cap in place), written into
+        `out` (`[R, V]`, R = the rows of `resid`) when given: reusing one buffer across conditions saves the page
+        faults of a fresh 20 MB allocation per call (~4 ms on CPU at 1024 × 5000)."""
         w = self.weight
         rows = resid.reshape(-1, w.shape[0]).to(device=w.device, dtype=w.dtype)
-        logits = torch.addmm(self.bias, rows, w)
+        logits = torch.addmm(self.bias, rows, w, out=out)
         return self._cap_(logits).view(*resid.shape[:-1], w.shape[1])
 
     def columns(self, resid: Tensor, ids: Tensor) -> Tensor:

@@ -83,12 +83,13 @@ def gemma_tokenizer(words: list[str]):
     return tok
 
 
-def write_gemma2_folder(folder: Path, words: list[str], seed: int = 0) -> Path:
-    """A narrow random Gemma-2 (256,000-token vocabulary) and its Gemma-like tokenizer, saved with save_pretrained."""
+def write_gemma2_folder(folder: Path, words: list[str], seed: int = 0, width: int = 64) -> Path:
+    """A narrow random Gemma-2 (256,000-token vocabulary, d_model `width`) and its Gemma-like tokenizer, saved
+    with save_pretrained."""
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
     torch.manual_seed(seed)
-    cfg = Gemma2Config(vocab_size=GEMMA_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    cfg = Gemma2Config(vocab_size=GEMMA_VOCAB, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
                        num_attention_heads=2, num_key_value_heads=1, head_dim=32, query_pre_attn_scalar=32,
                        max_position_embeddings=512, sliding_window=16, pad_token_id=0, eos_token_id=1,
                        bos_token_id=2)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import json
 from pathlib import Path
 
@@ -75,6 +77,26 @@ def test_hf_folder_loads_offline_with_the_hf_models_logits(hf_gpt2_dir):
     assert (model.cfg.n_layers, model.cfg.d_model, model.cfg.model_name) == (2, 64, "gpt2-random")
     assert model.tokenizer is not None and model.to_tokens("Hello")[0, 1].item() == 15496  # real GPT-2 id
     assert torch.allclose(ours, theirs, atol=1e-4)
+
+
+def test_hf_folder_weights_are_taken_over_not_copied(hf_gpt2_dir):
+    """The converted tensors become the parameters: a tied W_U is W_E's own storage (one copy, as in the
+    checkpoint), other weights are contiguous, and writing into a parameter never reaches the checkpoint file."""
+    folder, hf = hf_gpt2_dir
+    ckpt = folder / "model.safetensors"
+    before = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    model = load_model(str(folder))
+    w_e, w_u = model.embed.W_E, model.unembed.W_U
+    assert w_u.T.data_ptr() == w_e.data_ptr() and torch.equal(w_u, hf.lm_head.weight.T)
+    assert all(p.is_contiguous() for n, p in model.named_parameters() if n != "unembed.W_U")
+    tokens = torch.tensor([[50256, 464, 3797, 3332, 319, 262, 2603]])
+    with torch.no_grad():
+        assert torch.allclose(model(tokens), hf(tokens).logits, atol=1e-4)
+        model.blocks[0].attn.W_Q.zero_()
+        w_e.mul_(2)
+    assert hashlib.sha256(ckpt.read_bytes()).hexdigest() == before
+    again = load_model(str(folder))
+    assert torch.equal(again.embed.W_E, hf.transformer.wte.weight) and again.blocks[0].attn.W_Q.abs().sum() > 0
 
 
 def test_hf_folder_weight_processing_keeps_log_probs(hf_gpt2_dir):

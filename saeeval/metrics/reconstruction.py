@@ -111,10 +111,13 @@ class Reconstruction(Metric):
         dev = self.n.device
         for start in range(0, feats.shape[0], rows):
             fc = feats[start : start + rows]
-            fired = fc != 0
+            # Counts are exact integers (int64); L1 is summed per row in the features' dtype (at least float32,
+            # d_sae terms) and across rows in float64: a float64 sum over every element is ~2× slower on CPU.
+            fired = (fc != 0).sum(0)
+            self.fire_counts += fired.to(device=dev, dtype=_F64)
             self.sum_l0 += fired.sum().to(device=dev, dtype=_F64)
-            self.sum_l1 += fc.abs().sum(dtype=_F64).to(dev)
-            self.fire_counts += fired.sum(0).to(device=dev, dtype=_F64)
+            row_l1 = fc.abs().sum(-1, dtype=torch.promote_types(fc.dtype, torch.float32))
+            self.sum_l1 += row_l1.sum(dtype=_F64).to(dev)
 
     def compute(self) -> dict[str, Tensor]:
         n = self.n
