@@ -22,9 +22,9 @@ from saeeval.generation import SpliceAt, condition_hooks, generated_positions, g
 from saeeval.masks import BatchMasks, Masks
 from saeeval.means import ActivationMeans
 from saeeval.metrics.batchwise import BatchwiseReconstruction
+from saeeval.metrics.generation import GenerationMetrics
 from saeeval.metrics.lm_loss import KLDivergence, NextTokenCrossEntropy, PairedCEDifference
 from saeeval.metrics.logit_diff import GroupedLogitDiff, LogitDiff, PerExample
-from saeeval.metrics.generation import GenerationMetrics
 from saeeval.metrics.non_finite import ANSWERS, FINAL, LOGITS, NonFinite, bad_rows, reconstruction_site
 from saeeval.metrics.reconstruction import Reconstruction
 from saeeval.scoring import answer_logit_diff, score_lm

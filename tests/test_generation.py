@@ -165,7 +165,7 @@ def hand_greedy(model, prompt: list[int], n: int, replaces: dict[str, Callable],
     for _ in range(n):
         idx = [i for i, t in enumerate(seq) if spliced(i, t)]
 
-        def hook(act, hook):
+        def hook(act, hook, idx=idx):
             act = act.clone()
             act[0, idx] = replaces[hook.name](act[0, idx])
             return act
@@ -217,7 +217,7 @@ def test_every_condition_generates_what_a_hand_written_loop_generates(run, zoo):
     """Per condition and per example: SAEs (alone and as a group) and zero or mean ablations spliced at the real
     non-special prompt tokens and at every generated position whose token is not special (the default mask),
     with plain hooks."""
-    task, ablation, results = run
+    _, ablation, results = run
     model, saes = zoo
     by_hook = {s.cfg.metadata.hook_name: s for s in saes.values()}
     special, eos = set(special_token_ids(model.tokenizer)), model.tokenizer.eos_token_id

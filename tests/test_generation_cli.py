@@ -19,10 +19,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import make_sae
 from saeeval.loggers import flat_metrics, samples_table
-from saeeval.report import build_report
-from saeeval.run_results import Results
 from saeeval.masks import special_token_ids
 from saeeval.models import default_zoo_root, load_model
+from saeeval.report import build_report
+from saeeval.run_results import Results
 from saeeval.tasks.words import name_adj_rows
 from standins import write_gemma2_folder
 from test_generation import hand_greedy, sae_replace
@@ -111,7 +111,7 @@ def test_ioi_generate_with_a_splice_at_s2_only(tmp_path):
         replaces = {h: torch.zeros_like if cond["ablation"] == "zero" else sae_replace(saes[h]) for h in hooks}
         for s in samples:
             s2 = s["positions"]["S2"]
-            want = hand_greedy(model, prompt_ids(model.tokenizer, s), n, replaces, lambda i, t: i == s2, eos)
+            want = hand_greedy(model, prompt_ids(model.tokenizer, s), n, replaces, lambda i, t, s2=s2: i == s2, eos)
             assert s["generation"][name]["tokens"] == want, (name, s["id"])
     assert doc["conditions"]["clean"]["generation"]["accuracy"] == 1.0
     assert all(s["generation"]["clean"]["answer"] == s["correct_str"].strip() for s in samples)
