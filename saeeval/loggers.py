@@ -1,4 +1,5 @@
-"""Send a finished run's results to a Lightning logger (wandb, CSV): config, flat metrics, samples and chart.
+"""Send a finished run's results to a Lightning logger (wandb, CSV): config, flat metrics, samples and chart
+(and, for features=attribution runs, the top latents as wandb tables and the feature charts).
 
 Evaluation has no training steps, so everything is logged once, after results.json is written, from rank 0
 only (saeeval.cli returns before this on other ranks; Lightning's loggers are rank-zero-only as well).
@@ -16,10 +17,14 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from saeeval.catalog import NAN, as_number
 from saeeval.charts import CHART_FILE
 from saeeval.errors import SaeevalError
+from saeeval.features.outputs import FAITHFULNESS_FILE, HEATMAP_FILE, read_features
 from saeeval.results import SAMPLES_FILE
 
 SAMPLES_KEY = "samples"
 CHART_KEY = "logit_diff_chart"
+FEATURES_KEY = "features"  # `features/<sae>`: a table of its top latents (features=attribution runs)
+FEATURE_COLUMNS = ["feature", "attribution", "attribution_ci_low", "attribution_ci_high", "ablation_effect",
+                   "ablation_effect_ci_low", "ablation_effect_ci_high", "fire_rate"]
 
 
 def wandb_logger(**kwargs: Any) -> WandbLogger:
@@ -99,13 +104,34 @@ def samples_table(doc: Mapping[str, Any], out_dir: Path) -> tuple[list[str], lis
     return columns, rows
 
 
+def feature_metrics(out_dir: Path) -> dict[str, float]:
+    """The headline numbers of features.json (none without it): per SAE `features/<sae>/rank_correlation`,
+    `.../top_ablation_effect` (of the top latent) and `.../fraction_kept@<k>` of the faithfulness curve."""
+    doc = read_features(out_dir)
+    out: dict[str, float] = {}
+    for name, s in (doc or {}).get("saes", {}).items():
+        values = {"rank_correlation": s.get("rank_correlation"),
+                  "top_ablation_effect": s["top"][0]["ablation_effect"] if s.get("top") else None,
+                  **{f"fraction_kept@{p['k']}": p.get("fraction_kept") for p in s.get("faithfulness", [])}}
+        out.update({f"{FEATURES_KEY}/{name}/{k}": v for k, v in values.items() if _is_number(v)})
+    return out
+
+
+def feature_tables(out_dir: Path) -> dict[str, tuple[list[str], list[list[Any]]]]:
+    """`features/<sae>` -> (FEATURE_COLUMNS, one row per top latent) from the run's features.json."""
+    doc = read_features(out_dir) or {}
+    return {f"{FEATURES_KEY}/{name}": (FEATURE_COLUMNS, [
+        [t["feature"], t["attribution"], *t["attribution_ci"], t["ablation_effect"], *t["ablation_effect_ci"],
+         t["fire_rate"]] for t in s["top"]]) for name, s in doc.get("saes", {}).items()}
+
+
 def log_results(logger: Logger, doc: Mapping[str, Any], out_dir: Path) -> None:
     """Log config and metrics to any Lightning logger; to wandb also the samples table and the chart, all in one
     history step, then finish the wandb run so its files are complete and no service process outlives it."""
     out_dir = Path(out_dir)
     try:
         logger.log_hyperparams(logged_config(doc))
-        metrics: dict[str, Any] = dict(flat_metrics(doc))
+        metrics: dict[str, Any] = {**flat_metrics(doc), **feature_metrics(out_dir)}
         if isinstance(logger, WandbLogger):
             metrics.update(_wandb_media(doc, out_dir))
         logger.log_metrics(metrics)
@@ -124,4 +150,9 @@ def _wandb_media(doc: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
         media[SAMPLES_KEY] = wandb.Table(columns=columns, data=rows)
     if (chart := out_dir / CHART_FILE).exists():
         media[CHART_KEY] = wandb.Image(str(chart))
+    for key, (columns, rows) in feature_tables(out_dir).items():
+        media[key] = wandb.Table(columns=columns, data=rows)
+    for name in (HEATMAP_FILE, FAITHFULNESS_FILE):
+        if (chart := out_dir / name).exists():
+            media[name.removesuffix(".png")] = wandb.Image(str(chart))
     return media

@@ -24,6 +24,7 @@ import saeeval
 from saeeval import charts
 from saeeval.catalog import UNRELIABLE_LEGEND, any_flagged, cell, flagged, fmt, metrics, present, reconstructions
 from saeeval.errors import SaeevalError, print_error
+from saeeval.features.outputs import TOP_HEAD, faithfulness_figure, heatmap_figure, read_features, top_rows
 from saeeval.results import atomic_write_text
 from saeeval.runs import Run, by_task, load_runs
 
@@ -133,6 +134,44 @@ def _gaps_table(runs: Sequence[Run]) -> str | None:
     return _table(head, rows, numeric_from=2) if rows else None
 
 
+def _features_of(runs: Sequence[Run]) -> list[tuple[Run, dict[str, Any]]]:
+    """The runs of one task that ran feature attribution, with their features.json."""
+    return [(r, doc) for r in runs if (doc := read_features(r.path)) is not None]
+
+
+def _features_part(page: _Page, slug: str, runs: Sequence[Run]) -> None:
+    """Feature attribution (runs with features=attribution): top latents per run and SAE, the latents that differ
+    most between slice values, the faithfulness curves and each run's heat-map."""
+    found = _features_of(runs)
+    if not found:
+        return
+    page.add(f'<h3 id="features-{slug}">Feature attribution</h3><p class=sub>Latents ranked by |attribution| of the '
+             "logit difference; the ablation ΔLD is measured exactly (that latent alone set to the baseline at the "
+             "positions, SAE spliced with its error term), with 95% CIs over examples.</p>")
+    head = ("run", "SAE", "method · baseline · positions", "rank corr.", *TOP_HEAD)
+    def how(doc: Mapping[str, Any]) -> str:
+        return f"{doc.get('method')} · {doc.get('baseline')} · {', '.join(map(str, doc.get('positions') or ['all']))}"
+
+    rows = [(r.rid, name, how(doc), s.get("rank_correlation"), *row)
+            for r, doc in found for name, s in doc["saes"].items() for row in top_rows(s)]
+    page.add(_table(head, rows, numeric_from=3))
+    diff = [(r.rid, name, fld, d["feature"], d["spread"], f"{d['lowest']} → {d['highest']}")
+            for r, doc in found for name, s in doc["saes"].items() for fld, ds in (s.get("differing") or {}).items()
+            for d in ds]
+    if diff:
+        page.add("<p class=sub>Latents whose mean attribution differs most between the values of a slice field "
+                 "(highest − lowest):</p>" + _table(("run", "SAE", "field", "latent", "spread", "lowest → highest"),
+                                                     diff, numeric_from=3))
+    page.figure(faithfulness_figure([(r.rid, doc) for r, doc in found]), f"{slug}_features_faithfulness",
+                "Fraction of the clean logit difference kept when the top-k latents are ablated together, per run "
+                "and SAE (1 = nothing lost, dashed).", "No run measured a faithfulness curve.")
+    for r, doc in found:
+        page.figure(heatmap_figure(doc), f"{slug}_features_heatmap_{_slug(r.rid)}",
+                    f"{r.rid}: exact effect of ablating each top latent alone, per example (rows) and latent "
+                    "(columns); red lowers the logit difference, blue raises it.",
+                    f"{r.rid} has no per-example effects.")
+
+
 def _task_section(page: _Page, task: str, runs: Sequence[Run]) -> None:
     slug = _slug(task)
     page.add(f'<section id="task-{slug}"><h2>Task: {html.escape(task)}</h2>'
@@ -160,6 +199,7 @@ def _task_section(page: _Page, task: str, runs: Sequence[Run]) -> None:
         gaps = _gaps_table(runs)
         if gaps:
             page.add("<p class=sub>Spread across identities (highest − lowest):</p>" + gaps)
+    _features_part(page, slug, runs)
     page.add("<h3>Conditions</h3>" + _conditions_table(runs))
     generated = _generation_table(runs)
     if generated:
@@ -180,8 +220,10 @@ def render(runs: Sequence[Run], files_dir: Path) -> str:
     groups = by_task(runs)
     for task, task_runs in groups.items():
         _task_section(page, task, task_runs)
-    toc = "".join(f'<li><a href="#task-{_slug(t)}">{html.escape(t)}</a> ({len(rs)} runs)</li>'
-                  for t, rs in groups.items())
+    toc = "".join(f'<li><a href="#task-{_slug(t)}">{html.escape(t)}</a> ({len(rs)} runs)'
+                  + (f' <a class=sub-link href="#features-{_slug(t)}">feature attribution</a>'
+                     if _features_of(rs) else "")
+                  + "</li>" for t, rs in groups.items())
     template = Template(files("saeeval").joinpath("report_template.html").read_text(encoding="utf-8"))
     return template.substitute(
         title=html.escape(f"saeeval comparison: {', '.join(groups)}"),

@@ -109,7 +109,8 @@ class Results:
             return {}
         from saeeval.features.outputs import FAITHFULNESS_FILE, HEATMAP_FILE, faithfulness_figure, heatmap_figure
 
-        figs = {HEATMAP_FILE: heatmap_figure(self.features), FAITHFULNESS_FILE: faithfulness_figure([("", self.features)])}
+        figs = {HEATMAP_FILE: heatmap_figure(self.features),
+                FAITHFULNESS_FILE: faithfulness_figure([("", self.features)])}
         return {name: fig for name, fig in figs.items() if fig is not None}
 
     @classmethod

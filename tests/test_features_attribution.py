@@ -114,7 +114,8 @@ def sae_lens_atp(model, sae, batch, mask):
             return seen["f"]
 
         with model.saes(saes=[sae], use_error_term=True):
-            logits = model.run_with_hooks(tokens, fwd_hooks=[(f"{sae.cfg.metadata.hook_name}.hook_sae_acts_post", grab)])
+            hook = f"{sae.cfg.metadata.hook_name}.hook_sae_acts_post"
+            logits = model.run_with_hooks(tokens, fwd_hooks=[(hook, grab)])
         end = logits[0, pos["END"]]
         (end[batch["correct"][b]] - end[batch["incorrect"][b]]).backward()
         f, grad = seen["f"][0].detach(), seen["f"].grad[0]

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -193,3 +195,38 @@ def test_bad_feature_options_are_one_line(overrides, needles, tmp_path, capfd):
 def test_a_task_without_answers_is_refused(tmp_path, capfd):
     run_inprocess("+task=lm", "limit=4", "features=attribution", out=tmp_path,
                   capfd=capfd).assert_one_line_error("needs a task with answers")
+
+
+def test_report_has_a_feature_section_per_task(runs, tmp_path):
+    from saeeval.report import build_report
+
+    page = build_report([runs["ioi"], runs["toxicity"]], tmp_path / "report.html").read_text()
+    files = tmp_path / "report_files"
+    for task in RUNS:
+        assert f'id="features-{task}"' in page and f'href="#features-{task}"' in page
+        for chart in (f"{task}_features_faithfulness", f"{task}_features_heatmap_r{1 if task == 'ioi' else 2}"):
+            assert f'data-chart="{chart}"' in page and (files / f"{chart}.png").read_bytes()[:4] == b"\x89PNG"
+    assert page.count("<img") == int(page.split('data-images-expected="')[1].split('"')[0])
+    top = json.loads((runs["toxicity"] / "features.json").read_text())["saes"]["blocks.0.hook_resid_post"]["top"]
+    assert f"<td class=num>{top[0]['feature']}</td>" in page
+
+
+def test_wandb_run_logs_feature_tables_and_numbers(tmp_path):
+    from test_loggers import merged, offline_env, read_wandb_run
+
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "saeeval", "+task=ioi", "limit=12", "features=attribution",
+                           "features.top_k=4", "logger=wandb", f"hydra.run.dir={out}"], capture_output=True,
+                          text=True, timeout=300, env=offline_env(tmp_path), stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((out / "features.json").read_text())
+    (run_dir,) = (out / "wandb").glob("offline-run-*")
+    summary = merged(read_wandb_run(run_dir), "summary")
+    for name, s in doc["saes"].items():
+        assert summary[f"features/{name}/top_ablation_effect"] == pytest.approx(s["top"][0]["ablation_effect"])
+        (table,) = [p for p in (run_dir / "files" / "media" / "table").rglob("*.table.json") if name in p.name]
+        rows = json.loads(table.read_text())["data"]
+        assert [r[0] for r in rows] == [t["feature"] for t in s["top"]]
+        assert [r[4] for r in rows] == pytest.approx([t["ablation_effect"] for t in s["top"]])
+    images = {p.name.split("_")[1] for p in (run_dir / "files" / "media" / "images").glob("features_*.png")}
+    assert images == {"heatmap", "faithfulness"}

@@ -70,8 +70,8 @@ class FeatureCallback(L.Callback):
         self.clean_ld = GroupedSums(self.num_groups, 1).to(device)
         for name, probe in self.probes.items():
             d = probe.d_sae
-            self.states[name] = SaeStates(hook=probe.hook, d_sae=d, attribution=GroupedSums(self.num_groups, d).to(device),
-                                          fires=FireCounts(d).to(device))
+            self.states[name] = SaeStates(hook=probe.hook, d_sae=d, fires=FireCounts(d).to(device),
+                                          attribution=GroupedSums(self.num_groups, d).to(device))
             self.patches[name] = torch.zeros(d, device=device)
         if self.options.baseline == "mean":
             sums = {n: LatentSum(p.d_sae).to(device) for n, p in self.probes.items()}
@@ -118,7 +118,8 @@ class FeatureCallback(L.Callback):
                                        self.options.latents_per_forward)
                 st.effects.update(eff, batch["group"])
                 st.rows.update(batch["example_id"], eff[:, : len(st.top)])
-        self.document = summarize(self.options, self._positions(), self.task, self.clean_ld, self.states)  # type: ignore[arg-type]
+        assert self.clean_ld is not None
+        self.document = summarize(self.options, self._positions(), self.task, self.clean_ld, self.states)
 
     def _positions(self) -> dict[str, Any]:
         if self.options.positions is not None:
