@@ -4,6 +4,7 @@ sae_lens's own error-term splice (`HookedSAETransformer.run_with_hooks_with_saes
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import statistics
@@ -16,6 +17,7 @@ import pytest
 import torch
 from cli_harness import run_inprocess
 from conftest import run_cli_into
+from rich.console import Console
 from scipy.stats import spearmanr
 
 import saeeval
@@ -176,6 +178,11 @@ def test_evaluate_gives_the_cli_features_and_results_round_trip(runs, zoo, tmp_p
     assert json.dumps(res.features, sort_keys=True) == json.dumps(cli, sort_keys=True)
     res.save(tmp_path)
     assert saeeval.Results.load(tmp_path).features == res.features
+    console = Console(width=120, record=True, file=io.StringIO())
+    console.print(res.feature_table())
+    text = console.export_text()
+    for name, s in cli["saes"].items():
+        assert f"features · {name} · ig" in text and f"\n {s['top'][0]['feature']} " in text
     with pytest.raises(SaeevalError, match="inference_mode=False"):
         saeeval.evaluate(model, saes, "ioi", limit=4, features="attribution",
                          trainer=L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False))

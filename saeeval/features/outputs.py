@@ -122,6 +122,8 @@ def features_tables(doc: Mapping[str, Any]) -> Group:
         curve = ", ".join(f"k={p['k']}: {fmt(p['fraction_kept'], '.2f')}" for p in s.get("faithfulness", []))
         caption = (f"rank correlation (Spearman) {fmt(s.get('rank_correlation'), '.2f')} · "
                    f"live {s.get('n_live')}/{s.get('d_sae')} · LD kept after ablating top-k: {curve}")
+        if not any(t["attribution"] or t["ablation_effect"] for t in s["top"]):
+            caption += " · no latent here moves the logit difference (the answer is not downstream of these positions)"
         table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
         for i, head in enumerate(TOP_HEAD):
             table.add_column(head, justify="left" if i == 0 else "right", no_wrap=True)
