@@ -68,6 +68,13 @@ def spearman(a: Sequence[float | None], b: Sequence[float | None]) -> float | No
     return json_number(float(ra @ rb) / denom) if denom > 0 else None
 
 
+def _float32(v: float) -> float | None:
+    """A per-example value at the float32 precision it was computed in (7 significant digits): the per-example
+    rows are most of features.json."""
+    n = json_number(v)
+    return None if n is None else float(f"{n:.7g}")
+
+
 def _ci(stats: Mapping[str, Tensor], i: int) -> list[float | None]:
     return [json_number(stats["ci_low"][i]), json_number(stats["ci_high"][i])]
 
@@ -165,7 +172,7 @@ def sae_entry(st: SaeStates, clean_ld: float | None, task: Any, n_differing: int
         "rank_correlation": spearman([t["attribution"] for t in top], [t["ablation_effect"] for t in top]),
         "differing": {f: _differing(st, values, n_differing) for f, values in slices.items() if len(values) > 1},
         "examples": {"ids": [int(i) for i in ids], "features": list(st.top),
-                     "ablation_effect": [[json_number(v) for v in row] for row in rows.tolist()]},
+                     "ablation_effect": [[_float32(v) for v in row] for row in rows.tolist()]},
     }
 
 
