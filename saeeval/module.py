@@ -2,7 +2,8 @@
 
 Per batch: one clean pass, then each condition runs from its first spliced layer (saeeval.splicing). All numbers
 are metric states (sums or concatenations), so a DDP run gives the single-process result; they are computed
-once, at epoch end (`compute_results`); saeeval.document turns them into the results document.
+once, at epoch end (`compute_results`); saeeval.document turns them into the results document. When the task
+generates (`task.answer_mode`), each condition then also writes greedy continuations (saeeval.generation).
 """
 
 from __future__ import annotations
