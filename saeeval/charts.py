@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from saeeval.catalog import NAN, metric, short_name
+from saeeval.catalog import NAN, UNRELIABLE_MARK, flagged, metric, short_name
 from saeeval.metrics.stats import Z_95
 
 CHART_FILE = "logit_diff.png"
@@ -76,8 +76,10 @@ def _legend_label(run: RunLike) -> str:
 def _grouped_barh(
     runs: Sequence[RunLike], conds: Sequence[str], value: Callable[[RunLike, str], float | None],
     err: Callable[[RunLike, str], tuple[float, float]] | None, xlabel: str, title: str,
+    flag: Callable[[RunLike, str], bool] | None = None,
 ) -> Figure:
-    """Conditions down the y axis, one bar per run inside each condition; a missing value is written 'n/a'."""
+    """Conditions down the y axis, one bar per run inside each condition; a missing value is written 'n/a', a
+    value `flag` marks (an unreliable ratio) is drawn faded with a '?' at its end."""
     n = len(runs)
     legend_rows = n if any(len(r.label) > 40 for r in runs) else -(-n // 3)
     height = 1.2 + 0.22 * legend_rows + _BAR_IN * n * len(conds) + 0.15 * len(conds)
@@ -99,6 +101,10 @@ def _grouped_barh(
             if _cond(run, conds[k]).get("ablation"):
                 bar.set_hatch(_HATCH)
                 bar.set_edgecolor("white")
+            if flag is not None and flag(run, conds[k]):
+                bar.set_alpha(0.4)
+                ax.text(vals[k], ys[k], f" {UNRELIABLE_MARK} " if vals[k] >= 0 else f"{UNRELIABLE_MARK} ",
+                        va="center", ha="left" if vals[k] >= 0 else "right", fontsize=9, color="#a00")
         for k, v in enumerate(vals):
             if v in (None, NAN) and conds[k] in run.doc.get("conditions", {}):
                 ax.text(0, ys[k], " NaN" if v == NAN else " n/a", va="center", ha="left", fontsize=7, color="#777")
@@ -130,9 +136,15 @@ def recovered_chart(runs: Sequence[RunLike], task: str) -> Figure | None:
     conds = [c for c in conditions_of(runs) if any(_task(r, c).get("logit_diff_recovered") is not None for r in runs)]
     if not conds:
         return None
+    def unreliable(r: RunLike, c: str) -> bool:
+        return flagged(_cond(r, c), "logit_diff_recovered")
+
+    note = f"; {UNRELIABLE_MARK} = unreliable, the ablation barely moves it" if any(
+        unreliable(r, c) for r in runs for c in conds) else ""
     fig = _grouped_barh(
         runs, conds, lambda r, c: _task(r, c).get("logit_diff_recovered"), None,
-        "fraction of logit diff recovered (1 = clean, 0 = ablated)", f"{task}: logit diff recovered",
+        f"fraction of logit diff recovered (1 = clean, 0 = ablated){note}", f"{task}: logit diff recovered",
+        flag=unreliable,
     )
     fig.axes[0].axvline(1, color="#2a7", linewidth=1, linestyle="--")
     return fig

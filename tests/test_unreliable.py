@@ -101,3 +101,19 @@ def test_table_and_report_mark_flagged_values_and_explain_the_mark(tmp_path) -> 
     out = io.StringIO()
     Console(file=out, width=200, color_system=None).print(results_tables(reliable, 200))
     assert "?" not in out.getvalue()
+
+
+def test_recovered_chart_fades_and_marks_the_unreliable_bar(tmp_path) -> None:
+    from saeeval.charts import recovered_chart
+
+    run = Run(path=tmp_path, doc=_doc(-0.6, 0.3), rid="r1", color="#1f77b4")
+    fig = recovered_chart([run], "t")
+    ax = fig.axes[0]
+    assert [t.get_text().strip() for t in ax.texts] == ["?"]
+    assert "unreliable" in ax.get_xlabel()
+    (bar,) = ax.patches
+    assert bar.get_alpha() == pytest.approx(0.4)
+    reliable = _doc(-5.0, 0.3)
+    reliable["conditions"]["sae"]["unreliable"] = []
+    ax = recovered_chart([Run(path=tmp_path, doc=reliable, rid="r1", color="#1f77b4")], "t").axes[0]
+    assert not ax.texts and "unreliable" not in ax.get_xlabel()
