@@ -180,7 +180,8 @@ def _config_tree() -> Iterator[None]:
 
 def compose_config(task: str | None, options: Mapping[str, Any]) -> DictConfig:
     """The CLI's config (`conf/`, same defaults) with `options` applied: a config group's choice by name
-    (mask="answer", splice="each_layer") or its keys as a dict (mask={"positions": ["END"]}), splice knobs
+    (mask="answer", splice="each_layer") or its keys as a dict, nested ones too (mask={"positions": ["END"]},
+    mask={"score": {"positions": ["END"]}}), splice knobs
     (groups=..., ablation=...), top-level keys (limit, batch_size, seed, ...), then task or mask keys
     (n_examples=..., positions=[...])."""
     from hydra import compose
@@ -243,7 +244,7 @@ def evaluate(
     `task` (a task name: toxicity, ioi, lm; or a TaskDataModule) and return its Results.
 
     `options` are the CLI's knobs with the CLI's defaults: limit, batch_size, seed, mask="answer" (or a dict of
-    mask keys), splice="each_layer", groups=[[...]], ablation="mean", singles, use_error_term,
+    mask keys, e.g. mask={"splice": {"positions": ["S2"]}}), compat="saelens", splice="each_layer", groups=[[...]], ablation="mean", singles, use_error_term,
     features="attribution" (or a dict of its keys, e.g. features={"positions": ["S2"], "top_k": 10}: which
     latents move the logit difference, in `Results.features`), and the task's own keys (n_examples=...). `trainer` is a config choice ("cpu", "gpu"; default: "gpu" for
     a model on CUDA, else "cpu") or a Lightning Trainer. The model and SAEs are left exactly as they were (weights, hooks, modes, devices).
