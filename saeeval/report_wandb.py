@@ -12,12 +12,15 @@ from typing import TYPE_CHECKING, Any
 from saeeval.catalog import fmt, metrics, present, reconstructions
 from saeeval.charts import conditions_of, identity_slices
 from saeeval.errors import SaeevalError
+from saeeval.features.outputs import TOP_HEAD, read_features, top_rows
+from saeeval.loggers import FEATURES_KEY
 from saeeval.runs import Run, by_task
 
 if TYPE_CHECKING:
     import wandb_workspaces.reports.v2 as wr
 
 _MAX_SCATTERS = 6
+_FEATURE_ROWS = 5  # top latents per run and SAE in the report's table
 
 
 def _wr() -> Any:
@@ -66,6 +69,17 @@ def _recon_md(runs: Sequence[Run]) -> str:
     return _md_table(("run", "condition", "hook", *(m.label for m in decls)), rows)
 
 
+def _features_md(runs: Sequence[Run]) -> str | None:
+    """The top latents of each run and SAE that ran features=attribution (None when none did)."""
+    found = [(r, doc) for r in runs if (doc := read_features(r.path)) is not None]
+    if not found:
+        return None
+    rows = [(r.rid, name, s.get("rank_correlation"), *row) for r, doc in found for name, s in doc["saes"].items()
+            for row in top_rows(s, _FEATURE_ROWS)]
+    return ("Latents ranked by |attribution| of the logit difference, with the exact effect of ablating each alone "
+            "(95% CIs over examples).\n\n" + _md_table(("run", "SAE", "rank corr.", *TOP_HEAD), rows))
+
+
 def _runset_filter(runs: Sequence[Run]) -> str:
     """Only this task's runs: filter on the task's config target when all runs share one."""
     targets = {((r.doc.get("config") or {}).get("task") or {}).get("_target_") for r in runs}
@@ -102,6 +116,10 @@ def _panels(wr: Any, runs: Sequence[Run], task: str) -> list[Any]:
     for cond, hook in scatters[:_MAX_SCATTERS]:
         panels.append(wr.ScatterPlot(title=f"{cond}: CE loss delta against L0", x=f"{cond}/reconstruction/{hook}/l0",
                                      y=f"{cond}/lm/ce_loss_delta"))
+    sae_names = list(dict.fromkeys(n for r in runs for n in ((read_features(r.path) or {}).get("saes") or {})))
+    if sae_names:
+        panels.append(wr.BarPlot(title=f"{task}: rank correlation of attribution and exact ablation effect",
+                                 metrics=[f"{FEATURES_KEY}/{n}/rank_correlation" for n in sae_names]))
     for sl in identity_slices(runs):
         panels.append(wr.BarPlot(title=f"{task}: accuracy on {sl}",
                                  metrics=[f"slices/{sl}/{c}/accuracy" for c in conds
@@ -125,6 +143,8 @@ def wandb_report(runs: Sequence[Run], entity: str, project: str) -> wr.Report:
             wr.H3(text="Reconstruction"),
             wr.MarkdownBlock(text=_recon_md(task_runs)),
         ]
+        if (features := _features_md(task_runs)) is not None:
+            blocks += [wr.H3(text="Feature attribution"), wr.MarkdownBlock(text=features)]
     return wr.Report(entity=entity, project=project, title=title,
                      description=f"{len(runs)} runs compared by python -m saeeval.report", blocks=blocks)
 

@@ -237,3 +237,24 @@ def test_wandb_run_logs_feature_tables_and_numbers(tmp_path):
         assert [r[4] for r in rows] == pytest.approx([t["ablation_effect"] for t in s["top"]])
     images = {p.name.split("_")[1] for p in (run_dir / "files" / "media" / "images").glob("features_*.png")}
     assert images == {"heatmap", "faithfulness"}
+
+
+def test_wandb_report_has_the_feature_tables_and_a_panel_over_logged_keys(runs, monkeypatch):
+    interface = pytest.importorskip("wandb_workspaces.reports.v2.interface")
+    from test_report import _FakeWandbApi
+
+    from saeeval.loggers import feature_metrics
+    from saeeval.report_wandb import wandb_report
+    from saeeval.runs import load_runs
+
+    monkeypatch.setattr(interface, "_get_api", lambda: _FakeWandbApi())
+    found = load_runs([runs["ioi"], runs["toxicity"]])
+    report = wandb_report(found, "my-team", "saeeval")
+    texts = [getattr(b, "text", "") for b in report.blocks]
+    assert texts.count("Feature attribution") == 2
+    tables = [t for t in texts if t.startswith("Latents ranked")]
+    top = json.loads((runs["ioi"] / "features.json").read_text())["saes"]["blocks.1.hook_mlp_out"]["top"][0]
+    assert len(tables) == 2 and f"| R1 | blocks.1.hook_mlp_out | " in tables[0] and f"| {top['feature']} |" in tables[0]
+    logged = set(feature_metrics(runs["ioi"])) | set(feature_metrics(runs["toxicity"]))
+    panels = [p for b in report.blocks for p in getattr(b, "panels", []) if "rank correlation" in p.title]
+    assert len(panels) == 2 and all(set(p.metrics) <= logged and p.metrics for p in panels)

@@ -28,6 +28,7 @@ FAITHFULNESS_FILE = "features_faithfulness.png"
 TABLE_ROWS = 10  # top latents per SAE in the terminal table
 _FLAT_LIST = re.compile(r"\[[^\[\]{}]*\]")
 _HEATMAP_EXAMPLES = 120  # examples drawn per SAE (the first, by id), so cells stay visible
+_HEATMAP_COLUMNS = 4  # SAE panels per row
 
 
 def write_features(folder: Path, doc: Mapping[str, Any]) -> Path:
@@ -63,8 +64,12 @@ def heatmap_figure(doc: Mapping[str, Any]) -> Figure | None:
     grids = [np.array([[np.nan if v is None else v for v in row] for row in s["examples"]["ablation_effect"]
                        [:_HEATMAP_EXAMPLES]], dtype=float) for _, s in saes]
     bound = max(float(np.nanmax(np.abs(g))) if np.isfinite(g).any() else 0.0 for g in grids) or 1.0
-    fig = Figure(figsize=(min(4.2 * len(saes), 18.0), 6.0), layout="constrained")
-    axes = fig.subplots(1, len(saes), squeeze=False)[0]
+    cols = min(len(saes), _HEATMAP_COLUMNS)
+    rows = -(-len(saes) // cols)
+    fig = Figure(figsize=(4.2 * cols + 1.2, 5.6 * rows + 0.6), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[len(saes):]:
+        ax.set_visible(False)
     im = None
     for ax, (name, s), grid in zip(axes, saes, grids):
         im = ax.imshow(np.ma.masked_invalid(grid), cmap="RdBu", vmin=-bound, vmax=bound, aspect="auto",
@@ -73,8 +78,9 @@ def heatmap_figure(doc: Mapping[str, Any]) -> Figure | None:
         ax.set_xticks(range(len(feats)), [str(f) for f in feats], rotation=90, fontsize=6)
         ax.set_title(name, fontsize=8, loc="left")
         ax.set_xlabel("latent (by |attribution|)", fontsize=7)
-    axes[0].set_ylabel(f"example (first {min(len(grids[0]), _HEATMAP_EXAMPLES)} by id)", fontsize=7)
-    fig.colorbar(im, ax=list(axes), shrink=0.8, label="ΔLD when the latent is ablated")
+    for ax in axes[::cols]:
+        ax.set_ylabel(f"example (first {min(len(grids[0]), _HEATMAP_EXAMPLES)} by id)", fontsize=7)
+    fig.colorbar(im, ax=list(axes[: len(saes)]), shrink=0.8, label="ΔLD when the latent is ablated")
     fig.suptitle(f"{doc.get('task')}: effect of ablating each top latent ({doc.get('baseline')} baseline, "
                  f"{_where(doc)})", fontsize=10, x=0.01, ha="left")
     return fig
@@ -96,6 +102,9 @@ def faithfulness_figure(docs: Sequence[tuple[str, Mapping[str, Any]]]) -> Figure
     ax.axhline(1, color="#2a7", linestyle="--", linewidth=1)
     ax.axhline(0, color="#222", linewidth=0.8)
     ax.set_xscale("log")
+    ks = sorted({p["k"] for _, points in lines for p in points})
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.minorticks_off()
     ax.set_xlabel("k: top latents (by |attribution|) ablated together")
     ax.set_ylabel("fraction of clean logit diff kept")
     ax.set_title("Faithfulness: logit diff left after ablating the top-k latents", fontsize=10, loc="left")
