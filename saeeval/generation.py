@@ -40,6 +40,10 @@ class SpliceAt:
     def last(self, n: int) -> SpliceAt:
         return SpliceAt(self.splice[:, -n:], self.ablate[:, -n:])
 
+    def repeat(self, k: int) -> SpliceAt:
+        """The masks of `k` conditions stacked along the batch."""
+        return SpliceAt(self.splice.repeat(k, 1), self.ablate.repeat(k, 1))
+
 
 def generated_positions(
     splice_mask: TokenMask, special_ids: Sequence[int], ablate_special: bool = False
@@ -65,18 +69,32 @@ def condition_hooks(
     splicer: Any, cond: Condition | None, means: Mapping[str, Tensor] | None
 ) -> Callable[[SpliceAt], list[tuple[str, Callable]]]:
     """Forward hooks of `cond` (None: clean, no hooks) for one forward whose positions are spliced per `SpliceAt`."""
+    return stacked_hooks(splicer, [cond], means)
+
+
+def stacked_hooks(
+    splicer: Any, conds: Sequence[Condition | None], means: Mapping[str, Tensor] | None
+) -> Callable[[SpliceAt], list[tuple[str, Callable]]]:
+    """Forward hooks for `conds` run as one batch, condition i on rows `[i*b, (i+1)*b)` (several conditions per
+    forward on a GPU); each condition's rows get `Splicer.replacement` at its hooks, the others pass through."""
+    names = list(dict.fromkeys(h for c in conds if c is not None for h in c.hooks))
 
     def hooks(at: SpliceAt) -> list[tuple[str, Callable]]:
-        if cond is None:
-            return []
-        mask = at.ablate if cond.ablation is not None else at.splice
-        if not bool(mask.any()):
+        b = at.splice.shape[0] // len(conds)
+        masks = [None if c is None else (at.ablate if c.ablation is not None else at.splice)[i * b : (i + 1) * b]
+                 for i, c in enumerate(conds)]
+        if not any(m is not None and bool(m.any()) for m in masks):
             return []
 
         def splice(act: Tensor, hook: Any) -> Tensor:
-            return splicer.replacement(cond, hook.name, act, mask, means)[0]
+            pieces = []
+            for i, (c, m) in enumerate(zip(conds, masks)):
+                rows = act[i * b : (i + 1) * b]
+                touched = c is not None and m is not None and hook.name in c.hooks and bool(m.any())
+                pieces.append(splicer.replacement(c, hook.name, rows, m, means)[0] if touched else rows)
+            return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
-        return [(h, splice) for h in cond.hooks]
+        return [(h, splice) for h in names]
 
     return hooks
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from saeeval.compat import Compat, get_compat
 from saeeval.conditions import Condition, hooks_of
 from saeeval.document import CLEAN, GROUP_SUMS, Computed
-from saeeval.generation import SpliceAt, condition_hooks, generated_positions, greedy_generate
+from saeeval.generation import SpliceAt, generated_positions, greedy_generate, stacked_hooks
 from saeeval.masks import BatchMasks, Masks
 from saeeval.means import ActivationMeans
 from saeeval.metrics.batchwise import BatchwiseReconstruction
@@ -225,14 +225,21 @@ class SAEEvalModule(L.LightningModule):
         cands = [[tok.decode([int(c)]).strip(), tok.decode([int(i)]).strip()]
                  for c, i in zip(batch["correct"], batch["incorrect"])]
         step_at = generated_positions(self.masks.splice, self.special_ids, self.compat.ablate_special)
-        for k, cond in enumerate([None, *self.conditions]):
-            new = greedy_generate(self.model, tokens, attention_mask, opts.max_new_tokens, prompt_at, step_at,
-                                  condition_hooks(self.splicer, cond, self.means), tok.eos_token_id)
-            parsed = [parse_answer(opts.answer_regex, *generated_text(tok, p, g), c)
-                      for p, g, c in zip(prompts, new.tolist(), cands)]
-            parsed_t = torch.tensor(parsed, dtype=torch.long, device=tokens.device)
-            self.generated[k].labels.update(parsed_t, batch["group"], lds[k])
-            self.generated[k].tokens.update(batch["example_id"], new, parsed_t)
+        conds, b = [None, *self.conditions], tokens.shape[0]
+        per_forward = self.condition_batch or conditions_per_forward(self.model, tokens.shape)
+        for start in range(0, len(conds), per_forward):
+            chunk = conds[start : start + per_forward]
+            k = len(chunk)
+            new = greedy_generate(self.model, tokens.repeat(k, 1), attention_mask.repeat(k, 1), opts.max_new_tokens,
+                                  prompt_at.repeat(k), step_at, stacked_hooks(self.splicer, chunk, self.means),
+                                  tok.eos_token_id)
+            for i in range(k):
+                rows = new[i * b : (i + 1) * b]
+                parsed = [parse_answer(opts.answer_regex, *generated_text(tok, p, g), c)
+                          for p, g, c in zip(prompts, rows.tolist(), cands)]
+                parsed_t = torch.tensor(parsed, dtype=torch.long, device=tokens.device)
+                self.generated[start + i].labels.update(parsed_t, batch["group"], lds[start + i])
+                self.generated[start + i].tokens.update(batch["example_id"], rows, parsed_t)
 
     def _groups(self, final: Tensor) -> list[list[int]]:
         """Condition indices in groups whose final residuals fit FINALS_BUDGET together (at least one group, so the

@@ -12,11 +12,12 @@ from sae_lens import SAE
 
 import saeeval
 from cli_harness import run_inprocess
-from saeeval.conditions import Condition
+from saeeval.conditions import Condition, build_conditions
 from saeeval.errors import SaeevalError
 from saeeval.generation import NOT_GENERATED, SpliceAt, condition_hooks, generated_positions, greedy_generate
-from saeeval.masks import TokenMask, special_token_ids
+from saeeval.masks import Masks, TokenMask, special_token_ids
 from saeeval.models import default_zoo_root, load_model
+from saeeval.module import SAEEvalModule
 from saeeval.splicing import Splicer
 from saeeval.tasks.generated import FIRST_NAME_REGEX, NOTEBOOK_REGEX, UNPARSED, GenerationOptions, parse_answer
 from saeeval.tasks.ioi import IOIDataModule
@@ -281,3 +282,23 @@ def test_counts_equal_the_samples_and_the_logit_diff_labels(run):
     if ablation == "zero":
         assert results.conditions["clean"]["generation"]["accuracy"] == 1.0  # the zoo writes its labels
         assert results.conditions["zero_ablation@blocks.1.hook_resid_post"]["generation"]["unparsed_rate"] == 1.0
+
+
+def test_conditions_stacked_in_one_generation_forward_write_the_same_tokens(zoo):
+    """condition_batch > 1 (a GPU's default) runs several conditions per forward, rows stacked: same tokens and
+    counts as one condition at a time."""
+    model, saes = zoo
+    task, _ = ioi_batch(model, 12)
+    special = special_token_ids(model.tokenizer)
+    conditions = build_conditions(saes, groups=[GROUP])
+    outs = []
+    for per_forward in (1, 4):
+        module = SAEEvalModule(model, saes, conditions, Masks(), special, True, len(task.groups),
+                               condition_batch=per_forward, answer_position=task.answer_position,
+                               generation=GenerationOptions("both", 5, FIRST_NAME_REGEX))
+        for i, b in enumerate(task.make_dataloader()):
+            module.test_step(b, i)
+        outs.append([(c.generation.tokens, c.generation.parsed, {k: v.tolist() for k, v in c.generation.counts.items()})
+                     for c in module.compute_results()])
+    assert len(outs[0]) == 1 + len(conditions) == 11
+    assert outs[0] == outs[1]
