@@ -8,6 +8,8 @@ number by number, with the CPU float32 run of the same task, model and SAEs:
   (bfloat16 keeps 8 bits of mantissa; metric states stay float64, log-softmax runs in float32);
 - `device=cpu trainer=gpu`: Lightning moves the weights, TransformerLens's cfg and the SAEs must follow;
 - `trainer=ddp` over every visible GPU (one GPU: a one-rank DDP group, still routed by the rank's device).
+- the zoo run also generates (`task.answer_mode=both`): its generated-answer counts are held to the float32
+  tolerance (a changed token would change a count), not checked under bf16.
 
 The last line is the summary: `gpu_check: ... status=PASS|FAIL`. `--allow-cpu` runs the same plumbing with
 `trainer=cpu` where no GPU is visible (a dry run of this script, not a GPU result).
@@ -139,7 +141,8 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     model_dir, sae_dirs = build_gpt2_standin(work, 2 if opts.quick else 12, 1024 if opts.quick else 24576)
     gpt2 = ["model=hf_folder", f"model.name={model_dir}", "saes=folder", f"saes.paths=[{','.join(map(str, sae_dirs))}]"]
-    setups = {"zoo": ["+task=toxicity", f"limit={limit}"],
+    # the zoo also generates (answer_mode=both): KV-cache generation under splices, several conditions per forward
+    setups = {"zoo": ["+task=toxicity", f"limit={limit}", "task.answer_mode=both", "task.max_new_tokens=4"],
               "gpt2": ["+task=ioi", f"limit={limit}", "batch_size=16", *gpt2]}
     variants = {
         "f32": (gpu, "f32"),
