@@ -108,3 +108,16 @@ def completed_hash(out_dir: Path) -> str | None:
 def is_complete(out_dir: Path, chash: str) -> bool:
     """True when `out_dir` holds a readable results.json of the same config hash."""
     return completed_hash(out_dir) == chash
+
+
+def flat_numbers(node: Any, prefix: str = "") -> dict[str, float]:
+    """Every number under a results-document node as {"/a/b/c": value} (None, strings and the "nan" mark left
+    out): what the precision and GPU checks compare run against run."""
+    out: dict[str, float] = {}
+    if isinstance(node, dict):
+        for key, value in node.items():
+            out.update(flat_numbers(value, f"{prefix}/{key}"))
+    elif isinstance(node, (int, float)) and not isinstance(node, bool):
+        out[prefix] = float(node)
+    return out
+

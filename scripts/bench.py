@@ -7,7 +7,8 @@ spliced / zero-ablated), KL (spliced / ablated), explained variance, MSE, L0, L1
   sae_lens  run_evals per SAE with a stand-in ActivationsStore that serves the same fixed batches: per batch a
             clean, a spliced and an ablated full forward, then a forward up to the hook for the sparsity metrics.
   floor     the forward work alone: one clean forward + each condition's suffix forward, no hooks, SAEs or metrics.
-Runs alternate (dev: a warm-up first); speedup and floor_ratio are medians of per-round ratios. On dev and tiny,
+Runs alternate (dev: a warm-up first, 7 rounds, sae_lens in the first 2); speedup and floor_ratio are medians of
+per-round ratios (the per-round ratios and the ratio of the fastest rounds are printed too). On dev and tiny,
 memory is measured once per contender after the timing, under torch's profiler: the peak CPU tensor memory the
 call allocates above what was live when it started (model, SAEs and tokens are not counted; the floor's cached
 inputs neither). `--shape gemma-2-2b-narrow` is the 256k-vocabulary memory case: saeeval's peak tensor memory
@@ -40,6 +41,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import load_memory
 import torch
 from bench_models import BOS, SHAPES, FixedTokens, Setup, make_batches, make_model, make_saes
 from sae_lens.evals import EvalConfig, run_evals
@@ -163,8 +165,9 @@ def compare(args: argparse.Namespace, s: Setup, shape: str) -> int:
     prepared = floor_inputs(model, saes, batches)
     n_cond = len(build_conditions(saes))
     tiny, dev = shape == "tiny", shape == "dev"
-    repeats = args.repeats if args.repeats is not None else (5 if dev else 1)
+    repeats = args.repeats if args.repeats is not None else (7 if dev else 1)
     warmup = 1 if dev else 0
+    lens_rounds = min(repeats, args.sae_lens_rounds or (2 if dev else repeats))
     print(f"{shape}: {s.n_layers} layers, d_model {s.d_model}, d_vocab {s.d_vocab}; {len(saes)} SAEs "
           f"(d_sae {s.d_sae}) -> {n_cond} saeeval conditions; {s.n_batches} batches x {s.batch} x {s.seq} tokens; "
           f"{torch.get_num_threads()} threads; {args.clock} clock")
@@ -182,18 +185,21 @@ def compare(args: argparse.Namespace, s: Setup, shape: str) -> int:
     results: dict[str, Any] = {}
     for r in range(warmup + repeats):
         order = list(contenders) if r % 2 == 0 else list(reversed(contenders))
+        if r >= warmup + lens_rounds:  # sae_lens is slow and far from its target: fewer timed rounds
+            order.remove("sae_lens")
         for name in order:
             (wall, cpu), results[name] = timed(contenders[name])
             if r >= warmup:
                 times[name].append(cpu if args.clock == "cpu" else wall)
                 walls[name].append(wall)
         if r >= warmup:
-            print(f"round {r - warmup + 1}: " + ", ".join(f"{k} {times[k][-1]:.3f}s" for k in contenders), flush=True)
+            print(f"round {r - warmup + 1}: " + ", ".join(f"{k} {times[k][-1]:.3f}s" for k in order), flush=True)
     peaks = {name: peak_tensor_mib(fn) for name, fn in contenders.items()} if (tiny or dev) else {}
 
     rel, where = max_rel_diff(results["saeeval"], results["sae_lens"])
     speedup = statistics.median(b / a for a, b in zip(times["saeeval"], times["sae_lens"]))
-    floor_ratio = statistics.median(a / f for a, f in zip(times["saeeval"], times["floor"]))
+    per_round = [a / f for a, f in zip(times["saeeval"], times["floor"])]
+    floor_ratio = statistics.median(per_round)
 
     print("\nper SAE (saeeval):  CE clean / spliced / ablated   KL spliced / ablated   EV   L0")
     for name, m in results["saeeval"].items():
@@ -205,10 +211,14 @@ def compare(args: argparse.Namespace, s: Setup, shape: str) -> int:
         mem = "" if name not in peaks else (", peak tensor memory n/a" if peaks[name] is None
                                             else f", peak tensor memory {peaks[name]:.1f} MiB")
         print(f"{name:11s} median {statistics.median(times[name]):.3f}s {args.clock} "
-              f"({statistics.median(walls[name]):.3f}s wall) over {repeats} rounds{mem}")
+              f"({statistics.median(walls[name]):.3f}s wall) over {len(times[name])} rounds{mem}")
+    print(f"saeeval / floor per round: {' '.join(f'{x:.3f}' for x in per_round)}; of the fastest rounds "
+          f"(least disturbed by other jobs): {min(times['saeeval']) / min(times['floor']):.3f}")
     if args.condition_batch:
-        ratio = statistics.median(b / a for a, b in zip(times["saeeval"], times[batched]))
-        print(f"{batched} / saeeval (one condition per forward): {ratio:.3f}")
+        ratios = [b / a for a, b in zip(times["saeeval"], times[batched])]
+        print(f"{batched} / saeeval (one condition per forward): median {statistics.median(ratios):.3f}, per round "
+              f"{' '.join(f'{x:.3f}' for x in ratios)}; of the fastest rounds "
+              f"{min(times[batched]) / min(times['saeeval']):.3f}")
     if dev:
         for key, value in (("speedup", speedup), ("floor_ratio", floor_ratio)):
             ok = value >= TARGETS[key] if key == "speedup" else value <= TARGETS[key]
@@ -223,7 +233,13 @@ def compare(args: argparse.Namespace, s: Setup, shape: str) -> int:
 
 
 def memory_case(args: argparse.Namespace, s: Setup, shape: str) -> int:
-    """Peak tensor memory above the weights of one saeeval batch (test_step + metrics) at each batch size."""
+    """Loading's peak resident memory over the checkpoint (a Gemma-2 Hugging Face folder of this vocabulary and
+    width, in a subprocess: scripts/load_memory.py), then the peak tensor memory above the weights of one saeeval
+    batch (test_step + metrics) at each batch size."""
+    load = load_memory.report("gemma-2", args.load_width or s.d_model)
+    print(f"loading a Gemma-2 folder ({load['checkpoint_mib']:.0f} MiB checkpoint, vocab 256000, d_model "
+          f"{args.load_width or s.d_model}, 2 layers): peak RSS {load['load_peak_ratio']:.2f}x the checkpoint, "
+          f"settled {load['load_settled_ratio']:.2f}x; TransformerLens parameters {load['param_ratio']:.2f}x", flush=True)
     model = make_model(s)
     saes = make_saes(model, s)
     weights = sum(p.numel() * p.element_size() for m in (model, *saes.values()) for p in m.parameters())
@@ -247,7 +263,8 @@ def memory_case(args: argparse.Namespace, s: Setup, shape: str) -> int:
     print(f"goal: under 2048 MiB above the weights and batch {hi} within 1.5x of batch {lo}: "
           f"{'met' if ok else 'MISSED'}")
     print(f"{shape}: " + " ".join(f"peak_above_weights_mib_b{b}={p:.0f}" for b, p in peaks.items())
-          + f" b{hi}_over_b{lo}={growth:.2f} weights_gib={weights / 2**30:.2f}")
+          + f" b{hi}_over_b{lo}={growth:.2f} weights_gib={weights / 2**30:.2f}"
+          + f" load_peak_ratio={load['load_peak_ratio']:.2f} load_settled_ratio={load['load_settled_ratio']:.2f}")
     return 0 if ok else 1
 
 
@@ -255,7 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--shape", choices=list(SHAPES), default="dev", help="model/SAE shape (see bench_models.py)")
     p.add_argument("--tiny", action="store_true", help="same as --shape tiny: correctness check only")
-    p.add_argument("--repeats", type=int, default=None, help="timed rounds (dev: 5 after one warm-up; others 1)")
+    p.add_argument("--repeats", type=int, default=None, help="timed rounds (dev: 7 after one warm-up; others 1)")
+    p.add_argument("--sae-lens-rounds", type=int, default=None,
+                   help="rounds that also time sae_lens (dev: the first 2; others: all)")
+    p.add_argument("--load-width", type=int, default=None,
+                   help="d_model of the Gemma-2 folder whose loading the memory case measures (default: the shape's)")
     p.add_argument("--batch", type=int, default=None, help="prompts per batch")
     p.add_argument("--seq", type=int, default=None, help="tokens per prompt")
     p.add_argument("--n-batches", type=int, default=None, help="batches per evaluation")

@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from saeeval.results import flat_numbers
+
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "tests" / "fixtures" / "gpt2-tokenizer"
 F32_REL, F32_ABS = 1e-3, 1e-4
@@ -81,19 +83,9 @@ def run(args: list[str], out: Path) -> tuple[dict[str, Any], float]:
     return json.loads((out / "results.json").read_text()), seconds
 
 
-def flatten(node: Any, prefix: str = "") -> dict[str, float]:
-    out: dict[str, float] = {}
-    if isinstance(node, dict):
-        for key, value in node.items():
-            out.update(flatten(value, f"{prefix}/{key}"))
-    elif isinstance(node, (int, float)) and not isinstance(node, bool):
-        out[prefix] = float(node)
-    return out
-
-
 def f32_violations(ref: dict, got: dict) -> tuple[float, list[str]]:
     """Largest relative difference over every number, and the keys beyond the float32 tolerance."""
-    a, b = flatten(ref["conditions"]), flatten(got["conditions"])
+    a, b = flat_numbers(ref["conditions"]), flat_numbers(got["conditions"])
     worst, bad = 0.0, []
     for key, value in a.items():
         other = b.get(key, math.nan)

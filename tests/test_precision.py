@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import pytest
@@ -24,7 +23,7 @@ from omegaconf import OmegaConf
 from saeeval.conditions import build_conditions
 from saeeval.masks import special_token_ids
 from saeeval.module import SAEEvalModule
-from saeeval.results import config_hash
+from saeeval.results import config_hash, flat_numbers
 
 pytestmark = pytest.mark.slow
 
@@ -40,17 +39,6 @@ RUNS = {
 BF16_LOGIT_DIFF_ABS = 0.1
 BF16_CE_REL = 0.02
 BF16_EV_ABS = 0.01
-
-
-def flatten(node: Any, prefix: str = "") -> dict[str, float]:
-    """Every number under `node` as {"a/b/c": value} (None and strings left out)."""
-    out: dict[str, float] = {}
-    if isinstance(node, dict):
-        for key, value in node.items():
-            out.update(flatten(value, f"{prefix}/{key}"))
-    elif isinstance(node, (int, float)) and not isinstance(node, bool):
-        out[prefix] = float(node)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +58,7 @@ def runs(tmp_path_factory) -> dict[str, dict]:
 
 
 def assert_all_close(a: dict, b: dict, rel: float) -> None:
-    fa, fb = flatten(a["conditions"]), flatten(b["conditions"])
+    fa, fb = flat_numbers(a["conditions"]), flat_numbers(b["conditions"])
     assert fa.keys() == fb.keys() and len(fa) > 100
     for key, value in fa.items():
         assert math.isclose(fb[key], value, rel_tol=rel, abs_tol=rel * 1e-3), (key, value, fb[key])
@@ -79,14 +67,14 @@ def assert_all_close(a: dict, b: dict, rel: float) -> None:
 def test_trainer_precision_64_true_equals_dtype_float64(runs):
     assert_all_close(runs["float64"], runs["64-true"], rel=1e-12)
     # and float64 really differs from float32 (so the comparison above can fail)
-    f32, f64 = flatten(runs["float32"]["conditions"]), flatten(runs["float64"]["conditions"])
+    f32, f64 = flat_numbers(runs["float32"]["conditions"]), flat_numbers(runs["float64"]["conditions"])
     assert max(abs(f32[k] - f64[k]) / max(abs(f64[k]), 1e-12) for k in f64) > 1e-7
 
 
 def test_trainer_precision_bf16_true_equals_dtype_bfloat16_with_exact_counts(runs):
     assert_all_close(runs["bfloat16"], runs["bf16-true"], rel=1e-12)
-    counts = {k: v for k, v in flatten(runs["float32"]["conditions"]).items() if k.endswith(("/n", "/n_tokens"))}
-    bf16 = flatten(runs["bf16-true"]["conditions"])
+    counts = {k: v for k, v in flat_numbers(runs["float32"]["conditions"]).items() if k.endswith(("/n", "/n_tokens"))}
+    bf16 = flat_numbers(runs["bf16-true"]["conditions"])
     assert counts and all(bf16[k] == v for k, v in counts.items())  # float64 states: 638 tokens stay 638
 
 
