@@ -135,8 +135,8 @@ def run_evaluation(
     computed = module.computed or []
     doc = build_document(config=config, model=describe_model(model), task=task, mask=mask.describe(compat),
                          computed=computed)
-    return Results(doc, list(sample_records(task, computed)) if task.has_answers else None,
-                   features=callback.document if callback is not None else None)
+    features_doc = None if callback is None else {**(callback.document or {}), "config_hash": doc["config_hash"]}
+    return Results(doc, list(sample_records(task, computed)) if task.has_answers else None, features=features_doc)
 
 
 def named_saes(saes: Mapping[str, SAE] | Sequence[SAE]) -> dict[str, SAE]:

@@ -91,10 +91,12 @@ class Results:
     def save(self, folder: str | Path) -> Path:
         """Write features.json (if any), samples.jsonl and results.json into `folder` (the CLI's files; results.json
         last, it marks the run complete); returns results.json's path."""
-        if self.features is not None:
-            from saeeval.features.outputs import write_features
+        from saeeval.features.outputs import remove_features, write_features
 
+        if self.features is not None:
             write_features(Path(folder), self.features)
+        else:
+            remove_features(Path(folder))  # a forced rerun without features leaves no stale features.json
         return write_results(Path(folder), self.document, self.samples)
 
     def feature_table(self) -> Group:
@@ -125,7 +127,7 @@ class Results:
             samples = [json.loads(line) for line in lines if line.strip()]
         from saeeval.features.outputs import read_features
 
-        return cls(doc, samples, read_features(path))
+        return cls(doc, samples, read_features(path, doc.get("config_hash")))
 
     def __repr__(self) -> str:
         t = self.document.get("task", {})

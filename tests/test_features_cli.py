@@ -175,7 +175,10 @@ def test_evaluate_gives_the_cli_features_and_results_round_trip(runs, zoo, tmp_p
     res = saeeval.evaluate(model, saes, "ioi", limit=N, batch_size=8,
                            features={"positions": ["S2", "END"], "method": "ig", "ig_steps": 8, "top_k": TOP})
     cli = json.loads((runs["ioi"] / "features.json").read_text())
-    assert json.dumps(res.features, sort_keys=True) == json.dumps(cli, sort_keys=True)
+    assert res.features["config_hash"] == res.document["config_hash"] != cli["config_hash"]  # in-memory model
+    same = {k: v for k, v in res.features.items() if k != "config_hash"}
+    assert json.dumps(same, sort_keys=True) == json.dumps({k: v for k, v in cli.items() if k != "config_hash"},
+                                                          sort_keys=True)
     res.save(tmp_path)
     assert saeeval.Results.load(tmp_path).features == res.features
     console = Console(width=120, record=True, file=io.StringIO())
@@ -258,3 +261,17 @@ def test_wandb_report_has_the_feature_tables_and_a_panel_over_logged_keys(runs, 
     logged = set(feature_metrics(runs["ioi"])) | set(feature_metrics(runs["toxicity"]))
     panels = [p for b in report.blocks for p in getattr(b, "panels", []) if "rank correlation" in p.title]
     assert len(panels) == 2 and all(set(p.metrics) <= logged and p.metrics for p in panels)
+
+
+def test_features_json_belongs_to_its_run(runs, tmp_path):
+    import shutil
+
+    folder = tmp_path / "run"
+    shutil.copytree(runs["ioi"], folder)
+    res = saeeval.Results.load(folder)
+    assert res.features["config_hash"] == res.document["config_hash"]
+    doc = json.loads((folder / "features.json").read_text())
+    (folder / "features.json").write_text(json.dumps({**doc, "config_hash": "0" * 16}))
+    assert saeeval.Results.load(folder).features is None  # another config's file is not this run's
+    saeeval.Results(res.document, res.samples).save(folder)  # a (forced) rerun without features
+    assert not [p.name for p in folder.iterdir() if p.name.startswith("features")]

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from saeeval.catalog import fmt
 from saeeval.charts import PALETTE
-from saeeval.results import atomic_write_text
+from saeeval.results import RESULTS_FILE, atomic_write_text, read_results
 
 FEATURES_FILE = "features.json"
 HEATMAP_FILE = "features_heatmap.png"
@@ -41,13 +41,27 @@ def write_features(folder: Path, doc: Mapping[str, Any]) -> Path:
     return path
 
 
-def read_features(folder: Path) -> dict[str, Any] | None:
-    """The features.json of a run folder (or next to a results.json), None when the run has none."""
+def read_features(folder: Path, config_hash: str | None = None) -> dict[str, Any] | None:
+    """The features.json of a run folder (or next to a results.json); None when the run has none, or when
+    `config_hash` is given and the file belongs to another config (the folder's results.json reads it)."""
     folder = Path(folder)
-    path = (folder if folder.is_dir() else folder.parent) / FEATURES_FILE
+    if not folder.is_dir():
+        folder = folder.parent
+    path = folder / FEATURES_FILE
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    if config_hash is None and (folder / RESULTS_FILE).is_file():
+        config_hash = read_results(folder).get("config_hash")
+    if config_hash is not None and doc.get("config_hash") not in (None, config_hash):
+        return None
+    return doc
+
+
+def remove_features(folder: Path) -> None:
+    """Remove a run folder's feature files (before writing the results of a run without features)."""
+    for name in (FEATURES_FILE, HEATMAP_FILE, FAITHFULNESS_FILE):
+        (Path(folder) / name).unlink(missing_ok=True)
 
 
 def _where(doc: Mapping[str, Any]) -> str:
