@@ -9,7 +9,7 @@ A group condition's reconstruction numbers are shown per hook, on labelled rows 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from rich import box
@@ -44,6 +44,23 @@ def _new_table(title: str, hidden: Sequence[Metric], width: int) -> Table:
     return table
 
 
+def _per_condition(
+    title: str, conds: Mapping[str, Mapping[str, Any]], decls: Sequence[Metric], width: int,
+    cell_of: Callable[[Metric, Mapping[str, Any]], str],
+) -> Table:
+    """One row per condition, one column per metric (`cell_of(metric, condition)`), fitted to `width`."""
+
+    def build(shown: Sequence[Metric], hidden: Sequence[Metric]) -> Table:
+        table = _new_table(title, hidden, width)
+        for m in shown:
+            table.add_column(m.short, justify="right", no_wrap=True)
+        for name, c in conds.items():
+            table.add_row(short_name(name), *(cell_of(m, c) for m in shown))
+        return table
+
+    return _fit(build, decls, width)
+
+
 def task_table(doc: Mapping[str, Any], width: int) -> Table | None:
     """Conditions × logit diff, 95% CI, accuracy, recovered, paired ΔLD; None when the task has no answers."""
     conds = doc["conditions"]
@@ -53,16 +70,7 @@ def task_table(doc: Mapping[str, Any], width: int) -> Table | None:
     t = doc["task"]
     title = f"saeeval · {t['name']} · {doc['model'].get('name')} · {t.get('n_examples')} examples"
 
-    def build(shown: Sequence[Metric], hidden: Sequence[Metric]) -> Table:
-        table = _new_table(title, hidden, width)
-        for m in shown:
-            table.add_column(m.short, justify="right", no_wrap=True)
-        for name, c in conds.items():
-            task = c.get("task") or {}
-            table.add_row(short_name(name), *(cell(m, task, c) for m in shown))
-        return table
-
-    return _fit(build, decls, width)
+    return _per_condition(title, conds, decls, width, lambda m, c: cell(m, c.get("task") or {}, c))
 
 
 def generation_table(doc: Mapping[str, Any], width: int) -> Table | None:
@@ -75,16 +83,7 @@ def generation_table(doc: Mapping[str, Any], width: int) -> Table | None:
     opts = (doc.get("task") or {}).get("options") or {}
     title = f"generated answers · {opts.get('max_new_tokens')} new tokens, greedy"
 
-    def build(shown: Sequence[Metric], hidden: Sequence[Metric]) -> Table:
-        table = _new_table(title, hidden, width)
-        for m in shown:
-            table.add_column(m.short, justify="right", no_wrap=True)
-        for name, c in conds.items():
-            gen = c.get("generation") or {}
-            table.add_row(short_name(name), *(fmt(m.value(gen), m.spec) for m in shown))
-        return table
-
-    return _fit(build, decls, width)
+    return _per_condition(title, conds, decls, width, lambda m, c: fmt(m.value(c.get("generation") or {}), m.spec))
 
 
 def lm_table(doc: Mapping[str, Any], width: int) -> Table:
