@@ -49,13 +49,19 @@ def make_sae(hook_name: str, d_in: int, d_sae: int = 64, arch: str = "standard",
 
 
 class FixedTokens:
-    """Stand-in for sae_lens's ActivationsStore (its evals only call this): ``get_batch_tokens`` returns the given batches in order."""
+    """Stand-in for sae_lens's ActivationsStore (all its evals call): ``get_batch_tokens`` serves the given batches in
+    order, from the start again after ``reset_input_dataset``."""
 
     def __init__(self, batches: list[torch.Tensor]) -> None:
-        self._batches = iter(batches)
+        self.batches = batches
+        self.store_batch_size_prompts, self.context_size = batches[0].shape[0], batches[0].shape[1]
+        self.reset_input_dataset()
+
+    def reset_input_dataset(self) -> None:
+        self._next = iter(self.batches)
 
     def get_batch_tokens(self, batch_size: int) -> torch.Tensor:
-        batch = next(self._batches)
+        batch = next(self._next)
         assert batch.shape[0] == batch_size
         return batch
 

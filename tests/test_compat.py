@@ -14,6 +14,7 @@ from sae_lens.training.activation_scaler import ActivationScaler
 
 import saeeval
 import saebench_core
+from conftest import FixedTokens
 
 pytestmark = pytest.mark.slow
 
@@ -23,22 +24,6 @@ LM = {"ce_loss_without_sae": ("clean", "ce_loss"), "ce_loss_with_sae": ("sae", "
       "ce_loss_with_ablation": ("abl", "ce_loss"), "kl_div_with_sae": ("sae", "kl_div"),
       "kl_div_with_ablation": ("abl", "kl_div"), "ce_loss_score": ("sae", "ce_loss_score"),
       "kl_div_score": ("sae", "kl_div_score")}
-
-
-class Batches:
-    """Stand-in for sae_lens's ActivationsStore (all its evals call): serves the run's batches, again on reset."""
-
-    def __init__(self, batches: list[torch.Tensor]) -> None:
-        self.batches, self.store_batch_size_prompts, self.context_size = batches, batches[0].shape[0], batches[0].shape[1]
-        self.reset_input_dataset()
-
-    def reset_input_dataset(self) -> None:
-        self._next = iter(self.batches)
-
-    def get_batch_tokens(self, batch_size: int) -> torch.Tensor:
-        tokens = next(self._next)
-        assert tokens.shape[0] == batch_size
-        return tokens
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +79,7 @@ def test_compat_saelens_reproduces_run_evals_including_the_ablated_numbers(zoo) 
     ablation_differs = 0
     for name, sae in saes.items():
         with flat_hook_z(sae):
-            metrics, _ = run_evals(sae, Batches(batches), model, ActivationScaler(), config)
+            metrics, _ = run_evals(sae, FixedTokens(batches), model, ActivationScaler(), config)
         want = {k: v for group in metrics.values() for k, v in group.items()}
         got = ours(results, name)
         for key, (part, ours_key) in LM.items():
