@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Iterable
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from transformer_lens import HookedTransformerConfig
 from transformer_lens import loading_from_pretrained as tl_loading
 
 from saeeval.errors import SaeevalError
+from saeeval.file_pages import Span, copy_out, file_mappings, overlaps, release_pages, tensor_span
 from saeeval.finite import check_finite_weights
 from saeeval.hub import cache_dir, hub_access
 from saeeval.processing import PROCESSING_KEYS, record_processing
@@ -207,12 +209,14 @@ def _load_hf_folder(folder: Path, device: str, dtype: torch.dtype, kwargs: dict[
     if any(processing.values()):
         model.load_and_process_state_dict(state_dict, **processing)
     else:
-        take_over_weights(model, state_dict)
+        take_over_weights(model, state_dict, [p.resolve() for p in folder.glob("*.safetensors")])
     model.move_model_modules_to_device()
     return model
 
 
-def take_over_weights(model: Any, state_dict: dict[str, torch.Tensor]) -> None:
+def take_over_weights(
+    model: Any, state_dict: dict[str, torch.Tensor], checkpoint_files: Iterable[Path] = ()
+) -> None:
     """Load a converted state dict by making its tensors the model's parameters (`assign`), not copies of them.
 
     Why: TransformerLens's loader copies every tensor into freshly allocated parameters while the Hugging Face
@@ -220,20 +224,61 @@ def take_over_weights(model: Any, state_dict: dict[str, torch.Tensor]) -> None:
     parameter's dtype, made contiguous one at a time (a view's source is freed once its last view is replaced),
     except W_U, which checkpoints store as `lm_head.weight` (`[V, d]`): its transpose stays a view (the unembedding
     reads it as a transposed matrix at no cost), so a tied W_U is W_E's own storage (GPT-2: one copy, as in the
-    checkpoint) and an untied one is not copied a second time. Lightning's `.to` unties them again on a device or
-    dtype change (each parameter is moved alone). TransformerLens's Gemma format keeps W_E = embed·√d_model, a
-    scaled copy beside W_U = embedᵀ, so there the checkpoint's one embedding is held twice.
+    checkpoint). Tensors that still view the memory-mapped `checkpoint_files` are copied and the file's pages
+    they read given back at once (`saeeval.file_pages`), so neither the peak nor the settled process holds the
+    checkpoint beside the parameters. Lightning's `.to` unties W_U again on a device or dtype change (each
+    parameter is moved alone). TransformerLens's Gemma format keeps W_E = embed·√d_model, a scaled copy beside
+    W_U = embedᵀ, so there the checkpoint's one embedding is held twice.
     """
     state_dict = model.fill_missing_keys(state_dict)
     targets = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    mappings = file_mappings(checkpoint_files)
+    pending = {  # tensors still to read the file: the source each one is, the bytes it reads
+        key: (_source(_copied_form(key, t)), tensor_span(t))
+        for key, t in state_dict.items() if overlaps(tensor_span(t), mappings)
+    }
+    copies: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
     for key in list(state_dict):
-        tensor = state_dict.pop(key)
+        tensor, read = state_dict.pop(key), pending.pop(key, None)
+        keep = [span for source, span in pending.values() if read is None or source != read[0]]
         if key in targets:
-            tensor = tensor.to(targets[key].dtype)
-            if not (key == "unembed.W_U" and tensor.T.is_contiguous()):
-                tensor = tensor.contiguous()
+            form = _copied_form(key, tensor)
+            owned = _owned(form, targets[key].dtype, mappings, copies, keep)
+            tensor = owned.T if form is not tensor else owned
         model.load_state_dict({key: tensor}, strict=False, assign=True)
+        if read is not None:
+            release_pages(read[1], mappings, keep)
         del tensor
+
+
+def _copied_form(key: str, tensor: torch.Tensor) -> torch.Tensor:
+    """W_U is copied as the checkpoint's `[V, d]` matrix when it is one transposed, so it keeps the layout (and a
+    tie to W_E) it has there; every other tensor as it is."""
+    return tensor.T if key == "unembed.W_U" and tensor.T.is_contiguous() else tensor
+
+
+def _source(tensor: torch.Tensor) -> tuple[Any, ...]:
+    return tensor.data_ptr(), tuple(tensor.shape), tensor.stride(), tensor.dtype
+
+
+def _owned(
+    tensor: torch.Tensor,
+    dtype: torch.dtype,
+    mappings: list[Span],
+    copies: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]],
+    keep: list[Span],
+) -> torch.Tensor:
+    """`tensor` in `dtype`, contiguous and in memory of its own (never a view of the checkpoint's mapping); one
+    copy per source, so tied tensors stay tied (`copies` keeps each source alive, so no address is reused).
+    Mapped pages in `keep` (read by tensors not yet taken over) stay resident."""
+    source = (*_source(tensor), dtype)
+    if source in copies:
+        return copies[source][1]
+    owned = tensor.to(dtype).contiguous()
+    if overlaps(tensor_span(owned), mappings):
+        owned = copy_out(owned, mappings, keep)
+        copies[source] = (tensor, owned)
+    return owned
 
 
 # Architectures TransformerLens 3.9 configures from official names only (never from a config file), with the

@@ -99,6 +99,36 @@ def test_hf_folder_weights_are_taken_over_not_copied(hf_gpt2_dir):
     assert torch.equal(again.embed.W_E, hf.transformer.wte.weight) and again.blocks[0].attn.W_Q.abs().sum() > 0
 
 
+def mapped_files() -> set[str]:
+    """Paths of the files this process has memory-mapped, from /proc/self/maps."""
+    return {f[5] for f in (line.split(maxsplit=5) for line in Path("/proc/self/maps").read_text().splitlines())
+            if len(f) == 6}
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
+def test_hf_folder_load_leaves_no_parameter_on_the_checkpoint_mapping(tmp_path):
+    """Once loaded, no parameter views the memory-mapped checkpoint (its pages would stay resident beside the
+    parameters): the file is not mapped at all, Gemma's W_U (= embedᵀ) is a copy of its own, and the logits are
+    still the Hugging Face model's."""
+    from transformers import AutoModelForCausalLM
+
+    from standins import write_gemma2_folder
+
+    folder = write_gemma2_folder(tmp_path / "gemma", ["the cat sat on a mat"])
+    ckpt = str((folder / "model.safetensors").resolve())
+    model = load_model(str(folder), source="folder")
+    assert ckpt not in mapped_files()
+    hf = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+    assert ckpt in mapped_files()  # the check can fail: Hugging Face's own loading keeps views of the mapping
+    embed = hf.model.embed_tokens.weight
+    w_u = model.unembed.W_U
+    assert w_u.T.is_contiguous() and w_u.untyped_storage().data_ptr() != model.embed.W_E.untyped_storage().data_ptr()
+    assert torch.equal(w_u, embed.T)
+    tokens = torch.tensor([[2, 5, 9, 11, 7]])
+    with torch.no_grad():
+        assert torch.allclose(model(tokens), hf(tokens).logits, atol=1e-4)
+
+
 def test_hf_folder_weight_processing_keeps_log_probs(hf_gpt2_dir):
     folder, hf = hf_gpt2_dir
     model = load_model(str(folder), from_pretrained_kwargs={"fold_ln": True, "center_writing_weights": True,
