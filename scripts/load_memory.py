@@ -4,10 +4,12 @@ Why a subprocess: resident memory (VmHWM, VmRSS in /proc/self/status) is per pro
 earlier work would blur it. The child imports saeeval first, resets the high-water mark (`/proc/self/clear_refs`),
 loads the folder with `saeeval.models.load_model` (`model=hf_folder`), and reports peak and settled RSS above
 what it held before loading. The stand-ins (tests/standins.py) are random-weight folders written with
-save_pretrained: Gemma-2 (256,000-token vocabulary, tied embeddings) and GPT-2 (50257, tied).
+save_pretrained: Gemma-2 (256,000-token vocabulary, tied embeddings; 2 layers), GPT-2 (50257, tied; 2 layers) and
+Gemma-2-2b at its full depth in bfloat16 (5.2 GB on disk, about 9 GB of RAM at the peak; several minutes).
 
-    python scripts/load_memory.py                     # both stand-ins, one line each
+    python scripts/load_memory.py                     # the two narrow stand-ins, one line each
     python scripts/load_memory.py --shape gemma-2 --width 768
+    python scripts/load_memory.py --shape gemma-2-2b  # the real Gemma-2-2b shape, bfloat16
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent.parent / "tests"
@@ -39,15 +42,28 @@ def child(folder: str, dtype: str) -> None:
 
     torch.set_num_threads(1)
     gc.collect()
-    before = _status_kib("VmRSS")
+    before, before_anon, before_file = _status_kib("VmRSS"), _status_kib("RssAnon"), _status_kib("RssFile")
+    anon_peak = [before_anon]
+    done = threading.Event()
+
+    def sample() -> None:  # the kernel keeps no high-water mark of anonymous memory alone
+        while not done.wait(0.002):
+            anon_peak[0] = max(anon_peak[0], _status_kib("RssAnon"))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     model = load_model(name=folder, source="folder", device="cpu", dtype=dtype)
     peak = _status_kib("VmHWM")
+    done.set()
+    sampler.join()
     gc.collect()
     settled = _status_kib("VmRSS")
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in model.parameters()}
     print(json.dumps({"before": before * 1024, "peak": peak * 1024, "settled": settled * 1024,
+                      "anon_before": before_anon * 1024, "anon_peak": anon_peak[0] * 1024,
+                      "file_before": before_file * 1024, "file_settled": _status_kib("RssFile") * 1024,
                       "param_bytes": params, "storage_bytes": sum(storages.values())}))
 
 
@@ -61,6 +77,8 @@ def measure(folder: Path, dtype: str = "float32") -> dict[str, float]:
         "checkpoint_mib": ckpt / 2**20,
         "load_peak_ratio": (rec["peak"] - rec["before"]) / ckpt,
         "load_settled_ratio": (rec["settled"] - rec["before"]) / ckpt,
+        "load_peak_anon_ratio": (rec["anon_peak"] - rec["anon_before"]) / ckpt,
+        "settled_file_ratio": (rec["file_settled"] - rec["file_before"]) / ckpt,
         "param_ratio": rec["param_bytes"] / ckpt,
         "storage_ratio": rec["storage_bytes"] / ckpt,
     }
@@ -72,6 +90,8 @@ def write_standin(shape: str, folder: Path, width: int) -> Path:
 
     if shape == "gemma-2":
         return standins.write_gemma2_folder(folder, ["the cat sat"], width=width)
+    if shape == "gemma-2-2b":
+        return standins.write_gemma2_2b_folder(folder)
     return standins.write_gpt2_folder(folder)
 
 
@@ -79,12 +99,12 @@ def report(shape: str, width: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="saeeval-load-") as tmp:
         folder = write_standin(shape, Path(tmp) / shape, width)
         gc.collect()
-        return measure(folder)
+        return measure(folder, "bfloat16" if shape == "gemma-2-2b" else "float32")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--shape", choices=("gemma-2", "gpt2", "both"), default="both")
+    p.add_argument("--shape", choices=("gemma-2", "gpt2", "gemma-2-2b", "both"), default="both")
     p.add_argument("--width", type=int, default=768, help="Gemma-2 stand-in d_model (vocabulary stays 256,000)")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--child", help=argparse.SUPPRESS)

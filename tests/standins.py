@@ -4,6 +4,8 @@
   and GPT-2 small's width (768), so the gpt2-small-res-jb SAEs fit; 2 layers instead of 12.
 - `write_gemma2_folder`: Gemma-2 architecture with the real 256,000-token vocabulary, Gemma's special and
   chat-turn tokens at their real ids and Gemma's chat template; narrow (d_model 64, 2 layers).
+- `write_gemma2_2b_folder`: Gemma-2-2b's full architecture (26 layers, d_model 2304, d_mlp 9216, 8 heads of 256,
+  256,000-token vocabulary, soft-caps), random weights in bfloat16 (5.2 GB): the real-depth loading-memory case.
 - `write_gpt2_res_jb` / `write_gemma_scope`: the hub repos behind the sae_lens releases gpt2-small-res-jb
   (jbloom/GPT2-Small-SAEs-Reformatted: legacy `cfg.json`, `sae_weights.safetensors`, `sparsity.safetensors` per
   hook) and gemma-scope-2b-pt-res-canonical (google/gemma-scope-2b-pt-res: `params.npz` per
@@ -100,6 +102,30 @@ def write_gemma2_folder(folder: Path, words: list[str], seed: int = 0, width: in
                 p.copy_(torch.randn_like(p) * 0.3)
     model.save_pretrained(str(folder))
     gemma_tokenizer(words).save_pretrained(str(folder))
+    return folder
+
+
+def write_gemma2_2b_folder(folder: Path, seed: int = 0) -> Path:
+    """Gemma-2-2b's shape at full depth with random bfloat16 weights (as the hub's config.json gives it), saved with
+    save_pretrained. Built on the meta device and filled tensor by tensor: HF's own initialisation of 2.6B
+    parameters would take minutes on two cores and hold a float32 copy."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    cfg = Gemma2Config(vocab_size=GEMMA_VOCAB, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                       num_attention_heads=8, num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=256,
+                       max_position_embeddings=8192, sliding_window=4096, final_logit_softcapping=30.0,
+                       attn_logit_softcapping=50.0, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+                       torch_dtype="bfloat16")
+    with torch.device("meta"):
+        model = Gemma2ForCausalLM(cfg)
+    model = model.to_empty(device="cpu").to(torch.bfloat16).eval()
+    model.tie_weights()  # to_empty gives lm_head a storage of its own; the hub's checkpoint has one embedding
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in model.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=gen).mul_(0.02))
+    model.save_pretrained(str(folder))
+    gemma_tokenizer(["the cat sat"]).save_pretrained(str(folder))
     return folder
 
 
