@@ -6,18 +6,25 @@ spliced / zero-ablated), KL (spliced / ablated), explained variance, MSE, L0, L1
             condition (each SAE + one zero-ablation per hook), metric updates; metrics computed at the end.
   sae_lens  run_evals per SAE with a stand-in ActivationsStore that serves the same fixed batches: per batch a
             clean, a spliced and an ablated full forward, then a forward up to the hook for the sparsity metrics.
-  floor     the forward work alone: one clean forward + each condition's suffix forward, no hooks, SAEs or metrics.
-Runs alternate (dev: a warm-up first, 7 rounds, sae_lens in the first 2); speedup and floor_ratio are medians of
-per-round ratios (the per-round ratios and the ratio of the fastest rounds are printed too). On dev and tiny,
+  floor     the work any evaluator of these conditions must do, and nothing more: one clean forward, then for each
+            condition its splice (the SAE's decode(encode(x)) at every position, or zeros) on a plain hook point
+            and its suffix forward from the same layer saeeval starts it at, to TransformerLens's logits; no
+            metrics (scripts/bench_floor.py). `splices` times the splices alone, so the SAEs' share of the floor
+            is printed, and saeeval over the floor's forwards alone (floor minus splices) beside floor_ratio.
+  saebench  (--saebench-python) SAEBench's core eval in its own environment (scripts/bench_saebench.py), once.
+Contenders alternate batch by batch inside each round (a slow drift of a shared machine then hits all of them
+alike; sae_lens's run_evals runs whole after the batches). Dev: a warm-up round first, 11 rounds, sae_lens in the
+first 2; speedup and floor_ratio are medians of per-round ratios (the per-round ratios and the ratio of the
+fastest rounds are printed too). On dev and tiny,
 memory is measured once per contender after the timing, under torch's profiler: the peak CPU tensor memory the
 call allocates above what was live when it started (model, SAEs and tokens are not counted; the floor's cached
 inputs neither). `--shape gemma-2-2b-narrow` is the 256k-vocabulary memory case: saeeval's peak tensor memory
 above the weights at each of `--memory-batches`.
 
-    python scripts/bench.py                              # dev shape: about 4 minutes on one core
+    python scripts/bench.py                              # dev shape: about 6 minutes on one core
     python scripts/bench.py --tiny                       # correctness only (2 layers, a few tokens)
     python scripts/bench.py --shape gpt2-small           # 12 SAEs of width 24576, one round: a few minutes
-    python scripts/bench.py --shape gemma-2-2b-narrow    # memory at batch 8 and 32 (~6 GB of RAM)
+    python scripts/bench.py --shape gemma-2-2b-narrow    # memory at batch 8 and 32 (~11 GB of RAM at the load)
     python scripts/bench.py --condition-batch 4          # also saeeval with 4 conditions per forward
 
 Threads default to 1: on a 2-core machine shared with other jobs, 2 intra-op threads oversubscribe the cores and
@@ -35,23 +42,28 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import load_memory
 import torch
+from bench_floor import floor_inputs, floor_step, splices_alone
 from bench_models import BOS, SHAPES, FixedTokens, Setup, make_batches, make_model, make_saes
 from sae_lens.evals import EvalConfig, run_evals
 from sae_lens.training.activation_scaler import ActivationScaler
 
-from saeeval.conditions import build_conditions, hooks_of
+from saeeval.conditions import build_conditions
 from saeeval.masks import Masks, TokenMask
 from saeeval.module import SAEEvalModule
 from saeeval.profiling import peak_tensor_bytes
-from saeeval.splicing import Splicer
 
 TOLERANCE = 1e-4
 TARGETS = {"speedup": 3.0, "floor_ratio": 1.05}
@@ -62,33 +74,48 @@ COMPARED = ("ce_loss_without_sae", "ce_loss_with_sae", "ce_loss_with_ablation", 
 
 # --- the three contenders -------------------------------------------------------------------------------------
 
+class SaeevalRun:
+    """What `python -m saeeval` does per batch (SAEEvalModule.test_step, no Trainer), then each metric's compute():
+    built, stepped batch by batch (so the timing can alternate with the floor's per batch) and finished."""
+
+    def __init__(self, model: Any, saes: dict, ignore_bos: bool, condition_batch: int | None = None) -> None:
+        self.conditions = build_conditions(saes)
+        mask = TokenMask(exclude_special=ignore_bos)
+        self.module = SAEEvalModule(model, saes, self.conditions, Masks(splice=mask, score=mask), [BOS],
+                                    compat="saelens" if ignore_bos else "none",
+                                    has_answers=False, num_groups=0, condition_batch=condition_batch)
+
+    def step(self, i: int, tokens: torch.Tensor) -> None:
+        self.module.test_step({"tokens": tokens, "attention_mask": torch.ones_like(tokens)}, i)
+
+    def finish(self) -> dict[str, dict]:
+        """sae_lens's metric names per SAE condition."""
+        conditions, metrics = self.conditions, self.module.metrics
+        clean, by_name = metrics[0], dict(zip([c.name for c in conditions], metrics[1:]))
+        out = {}
+        for cond in conditions:
+            if cond.ablation is not None:
+                continue
+            m, base = by_name[cond.name], by_name[cond.baseline]
+            recon = {k: float(v) for k, v in m.recon[0].compute().items()}
+            ce, ce_clean, ce_abl = float(m.ce.compute()), float(clean.ce.compute()), float(base.ce.compute())
+            kl, kl_abl = float(m.kl.compute()), float(base.kl.compute())
+            out[cond.name] = {
+                "ce_loss_without_sae": ce_clean, "ce_loss_with_sae": ce, "ce_loss_with_ablation": ce_abl,
+                "kl_div_with_sae": kl, "kl_div_with_ablation": kl_abl,
+                "explained_variance": recon["explained_variance"], "mse": recon["mse"], "l0": recon["l0"],
+                "l1": recon["l1"], "cossim": recon["cosine_similarity"], "l2_ratio": recon["l2_ratio"],
+            }
+        return out
+
+
 def run_saeeval(
     model: Any, saes: dict, batches: list[torch.Tensor], ignore_bos: bool, condition_batch: int | None = None
 ) -> dict[str, dict]:
-    """What `python -m saeeval` does per batch (SAEEvalModule.test_step), then each metric's compute()."""
-    conditions = build_conditions(saes)
-    mask = TokenMask(exclude_special=ignore_bos)
-    module = SAEEvalModule(model, saes, conditions, Masks(splice=mask, score=mask), [BOS],
-                           compat="saelens" if ignore_bos else "none",
-                           has_answers=False, num_groups=0, condition_batch=condition_batch)
+    run = SaeevalRun(model, saes, ignore_bos, condition_batch)
     for i, tokens in enumerate(batches):
-        module.test_step({"tokens": tokens, "attention_mask": torch.ones_like(tokens)}, i)
-    clean, by_name = module.metrics[0], dict(zip([c.name for c in conditions], module.metrics[1:]))
-    out = {}
-    for cond in conditions:
-        if cond.ablation is not None:
-            continue
-        m, base = by_name[cond.name], by_name[cond.baseline]
-        recon = {k: float(v) for k, v in m.recon[0].compute().items()}
-        ce, ce_clean, ce_abl = float(m.ce.compute()), float(clean.ce.compute()), float(base.ce.compute())
-        kl, kl_abl = float(m.kl.compute()), float(base.kl.compute())
-        out[cond.name] = {
-            "ce_loss_without_sae": ce_clean, "ce_loss_with_sae": ce, "ce_loss_with_ablation": ce_abl,
-            "kl_div_with_sae": kl, "kl_div_with_ablation": kl_abl,
-            "explained_variance": recon["explained_variance"], "mse": recon["mse"], "l0": recon["l0"],
-            "l1": recon["l1"], "cossim": recon["cosine_similarity"], "l2_ratio": recon["l2_ratio"],
-        }
-    return out
+        run.step(i, tokens)
+    return run.finish()
 
 
 def run_sae_lens(model: Any, saes: dict, batches: list[torch.Tensor], ignore_bos: bool) -> dict[str, dict]:
@@ -108,36 +135,69 @@ def run_sae_lens(model: Any, saes: dict, batches: list[torch.Tensor], ignore_bos
     return out
 
 
-def floor_inputs(model: Any, saes: dict, batches: list[torch.Tensor]) -> list[tuple]:
-    """Per batch: tokens, attention mask, and (start layer, residual entering it) for every condition's suffix."""
-    splicer, conditions = Splicer(model, saes), build_conditions(saes)
-    hooks = hooks_of(conditions)
-    prepared = []
-    for tokens in batches:
-        am = torch.ones_like(tokens)
-        clean = splicer.clean(tokens, am, hooks)
-        starts = [splicer.start_layer(c) for c in conditions]
-        prepared.append((tokens, am, [(s, clean.resid_pre[s]) for s in starts]))
-    return prepared
-
-
-@torch.no_grad()
-def run_floor(model: Any, prepared: list[tuple]) -> None:
-    """The unavoidable forward work: one clean forward and each condition's suffix forward, nothing else."""
-    for tokens, am, suffixes in prepared:
-        model(tokens, attention_mask=am, return_type="logits")
-        for start, resid in suffixes:
-            model(resid, start_at_layer=start, attention_mask=am, return_type="logits")
+def run_saebench(python: str, s: Setup, threads: int) -> dict[str, Any]:
+    """SAEBench's core eval on the same seeded model, SAEs and tokens, with the Python of its own environment
+    (scripts/bench_saebench.py): `{"metrics": {sae: {...}}, "cpu": s, "wall": s}` of the whole evaluation."""
+    script = Path(__file__).with_name("bench_saebench.py")
+    cmd = [python, str(script), "--setup", json.dumps(s.__dict__), "--threads", str(threads)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    except OSError as err:
+        raise SystemExit(f"bench: cannot run --saebench-python {python} ({err}): give the python of an "
+                         "environment with sae-bench installed (see scripts/bench_saebench.py)") from err
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"bench: the SAEBench run failed ({last}): install torch==2.13.0 and sae-bench==0.6.0 in "
+                         f"the environment of {python} (see scripts/bench_saebench.py)")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 # --- measuring ------------------------------------------------------------------------------------------------
 
+@dataclass
+class Contender:
+    """One evaluation as `begin()` → state, `step(state, i)` per batch, `end(state)` → result, so contenders can
+    alternate batch by batch (a slow drift of the machine then hits all of them alike, not one whole run)."""
+
+    begin: Callable[[], Any] = lambda: None
+    step: Callable[[Any, int], None] = lambda state, i: None
+    end: Callable[[Any], Any] = lambda state: None
+
+    def whole(self, n_batches: int) -> Any:
+        state = self.begin()
+        for i in range(n_batches):
+            self.step(state, i)
+        return self.end(state)
+
+
 def timed(fn: Callable[[], Any]) -> tuple[tuple[float, float], Any]:
     """`((wall seconds, process CPU seconds), fn())`."""
-    gc.collect()
     t0, c0 = time.perf_counter(), time.process_time()
     result = fn()
     return (time.perf_counter() - t0, time.process_time() - c0), result
+
+
+def alternate(contenders: dict[str, Contender], n_batches: int) -> tuple[dict[str, tuple[float, float]], dict]:
+    """One round: every contender begun, then batch by batch each one's step in turn, then each one ended (in the
+    dict's order); `({name: (wall, cpu) seconds summed}, {name: result})`."""
+    spent = {name: [0.0, 0.0] for name in contenders}
+    states, results = {}, {}
+
+    def run(name: str, fn: Callable[[], Any]) -> Any:
+        (wall, cpu), out = timed(fn)
+        spent[name][0] += wall
+        spent[name][1] += cpu
+        return out
+
+    gc.collect()
+    for name, c in contenders.items():
+        states[name] = run(name, c.begin)
+    for i in range(n_batches):
+        for name, c in contenders.items():
+            run(name, lambda c=c, name=name: c.step(states[name], i))
+    for name, c in contenders.items():
+        results[name] = run(name, lambda c=c, name=name: c.end(states[name]))
+    return {k: (v[0], v[1]) for k, v in spent.items()}, results
 
 
 def peak_tensor_mib(fn: Callable[[], Any]) -> float | None:
@@ -165,21 +225,24 @@ def compare(args: argparse.Namespace, s: Setup, shape: str) -> int:
     prepared = floor_inputs(model, saes, batches)
     n_cond = len(build_conditions(saes))
     tiny, dev = shape == "tiny", shape == "dev"
-    repeats = args.repeats if args.repeats is not None else (7 if dev else 1)
+    repeats = args.repeats if args.repeats is not None else (11 if dev else 1)
     warmup = 1 if dev else 0
     lens_rounds = min(repeats, args.sae_lens_rounds or (2 if dev else repeats))
     print(f"{shape}: {s.n_layers} layers, d_model {s.d_model}, d_vocab {s.d_vocab}; {len(saes)} SAEs "
           f"(d_sae {s.d_sae}) -> {n_cond} saeeval conditions; {s.n_batches} batches x {s.batch} x {s.seq} tokens; "
           f"{torch.get_num_threads()} threads; {args.clock} clock")
 
-    contenders: dict[str, Callable[[], Any]] = {
-        "saeeval": lambda: run_saeeval(model, saes, batches, args.ignore_bos),
-        "sae_lens": lambda: run_sae_lens(model, saes, batches, args.ignore_bos),
-        "floor": lambda: run_floor(model, prepared),
+    contenders: dict[str, Contender] = {
+        "saeeval": Contender(lambda: SaeevalRun(model, saes, args.ignore_bos),
+                             lambda run, i: run.step(i, batches[i]), lambda run: run.finish()),
+        "sae_lens": Contender(end=lambda _: run_sae_lens(model, saes, batches, args.ignore_bos)),
+        "floor": Contender(step=lambda _, i: floor_step(model, prepared[i])),
+        "splices": Contender(step=lambda _, i: splices_alone(prepared[i : i + 1])),
     }
     batched = f"saeeval[{args.condition_batch}]"
     if args.condition_batch:
-        contenders[batched] = lambda: run_saeeval(model, saes, batches, args.ignore_bos, args.condition_batch)
+        contenders[batched] = Contender(lambda: SaeevalRun(model, saes, args.ignore_bos, args.condition_batch),
+                                        lambda run, i: run.step(i, batches[i]), lambda run: run.finish())
     times: dict[str, list[float]] = {k: [] for k in contenders}
     walls: dict[str, list[float]] = {k: [] for k in contenders}
     results: dict[str, Any] = {}
@@ -187,14 +250,17 @@ def compare(args: argparse.Namespace, s: Setup, shape: str) -> int:
         order = list(contenders) if r % 2 == 0 else list(reversed(contenders))
         if r >= warmup + lens_rounds:  # sae_lens is slow and far from its target: fewer timed rounds
             order.remove("sae_lens")
-        for name in order:
-            (wall, cpu), results[name] = timed(contenders[name])
-            if r >= warmup:
+        spent, got = alternate({k: contenders[k] for k in order}, len(batches))
+        results.update(got)
+        if r >= warmup:
+            for name in order:
+                wall, cpu = spent[name]
                 times[name].append(cpu if args.clock == "cpu" else wall)
                 walls[name].append(wall)
-        if r >= warmup:
             print(f"round {r - warmup + 1}: " + ", ".join(f"{k} {times[k][-1]:.3f}s" for k in order), flush=True)
-    peaks = {name: peak_tensor_mib(fn) for name, fn in contenders.items()} if (tiny or dev) else {}
+    saebench = run_saebench(args.saebench_python, s, args.threads) if args.saebench_python else None
+    peaks = ({name: peak_tensor_mib(lambda c=c: c.whole(len(batches))) for name, c in contenders.items()}
+             if (tiny or dev) else {})
 
     rel, where = max_rel_diff(results["saeeval"], results["sae_lens"])
     speedup = statistics.median(b / a for a, b in zip(times["saeeval"], times["sae_lens"]))
@@ -212,8 +278,18 @@ def compare(args: argparse.Namespace, s: Setup, shape: str) -> int:
                                             else f", peak tensor memory {peaks[name]:.1f} MiB")
         print(f"{name:11s} median {statistics.median(times[name]):.3f}s {args.clock} "
               f"({statistics.median(walls[name]):.3f}s wall) over {len(times[name])} rounds{mem}")
+    if saebench is not None:
+        sb_rel, sb_where = max_rel_diff(results["saeeval"], saebench["metrics"])
+        sb_speedup = saebench[args.clock] / statistics.median(times["saeeval"])
+        print(f"saebench    {saebench['cpu']:.3f}s cpu ({saebench['wall']:.3f}s wall), one run in its own process and "
+              f"environment after the rounds: saeeval {sb_speedup:.2f}x faster; largest relative difference "
+              f"{sb_rel:.3g} ({sb_where.replace('sae_lens', 'SAEBench')})")
     print(f"saeeval / floor per round: {' '.join(f'{x:.3f}' for x in per_round)}; of the fastest rounds "
           f"(least disturbed by other jobs): {min(times['saeeval']) / min(times['floor']):.3f}")
+    bare = statistics.median(a / (f - sp) for a, f, sp in zip(times["saeeval"], times["floor"], times["splices"]))
+    share = statistics.median(sp / f for f, sp in zip(times["floor"], times["splices"]))
+    print(f"the splices (SAE encode/decode, zeros) are {share:.1%} of the floor; saeeval over the floor's forwards "
+          f"alone (floor minus splices): {bare:.3f}")
     if args.condition_batch:
         ratios = [b / a for a, b in zip(times["saeeval"], times[batched])]
         print(f"{batched} / saeeval (one condition per forward): median {statistics.median(ratios):.3f}, per round "
@@ -228,18 +304,31 @@ def compare(args: argparse.Namespace, s: Setup, shape: str) -> int:
         per_sae = {k: statistics.median(times[k]) / len(saes) for k in ("saeeval", "sae_lens", "floor")}
         print(f"{shape}: saeeval_s_per_sae={per_sae['saeeval']:.2f} sae_lens_s_per_sae={per_sae['sae_lens']:.2f} "
               f"floor_s_per_sae={per_sae['floor']:.2f} speedup={speedup:.2f} floor_ratio={floor_ratio:.2f} "
-              f"max_rel_diff={rel:.2e} tokens={s.n_batches * s.batch * s.seq}")
+              f"max_rel_diff={rel:.2e} tokens={s.n_batches * s.batch * s.seq}"
+              + ("" if saebench is None else f" saebench_s_per_sae={saebench[args.clock] / len(saes):.2f} "
+                 f"speedup_over_saebench={sb_speedup:.2f} saebench_max_rel_diff={sb_rel:.2e}"))
     return 0 if rel <= TOLERANCE else 1
 
 
+def reset_peak_rss() -> int | None:
+    """Reset the kernel's high-water mark of resident memory to the current RSS; that RSS in KiB (None: no /proc)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return load_memory.status_kib("VmRSS")
+    except OSError:
+        return None
+
+
 def memory_case(args: argparse.Namespace, s: Setup, shape: str) -> int:
-    """Loading's peak resident memory over the checkpoint (a Gemma-2 Hugging Face folder of this vocabulary and
-    width, in a subprocess: scripts/load_memory.py), then the peak tensor memory above the weights of one saeeval
+    """Loading's peak resident memory over the checkpoint (a Gemma-2 Hugging Face folder, `--load-shape`, in a
+    subprocess: scripts/load_memory.py), then the peak tensor memory above the weights of one saeeval
     batch (test_step + metrics) at each batch size."""
-    load = load_memory.report("gemma-2", args.load_width or s.d_model)
-    print(f"loading a Gemma-2 folder ({load['checkpoint_mib']:.0f} MiB checkpoint, vocab 256000, d_model "
-          f"{args.load_width or s.d_model}, 2 layers): peak RSS {load['load_peak_ratio']:.2f}x the checkpoint, "
-          f"settled {load['load_settled_ratio']:.2f}x; TransformerLens parameters {load['param_ratio']:.2f}x", flush=True)
+    load = load_memory.report(args.load_shape, args.load_width or s.d_model)
+    what = ("Gemma-2-2b's shape at full depth, bfloat16" if args.load_shape == "gemma-2-2b"
+            else f"vocab 256000, d_model {args.load_width or s.d_model}, 2 layers")
+    print(f"loading a Gemma-2 folder ({what}; {load['checkpoint_mib']:.0f} MiB checkpoint): peak RSS "
+          f"{load['load_peak_ratio']:.2f}x the checkpoint, settled {load['load_settled_ratio']:.2f}x; TransformerLens "
+          f"parameters {load['param_ratio']:.2f}x (its W_E is a scaled copy of the embedding beside W_U)", flush=True)
     model = make_model(s)
     saes = make_saes(model, s)
     weights = sum(p.numel() * p.element_size() for m in (model, *saes.values()) for p in m.parameters())
@@ -250,12 +339,16 @@ def memory_case(args: argparse.Namespace, s: Setup, shape: str) -> int:
     for batch in args.memory_batches:
         tokens = make_batches(Setup(**{**s.__dict__, "batch": batch, "n_batches": 1}), seed=2)
         t0 = time.perf_counter()
+        gc.collect()
+        rss_before = reset_peak_rss()
         peak = peak_tensor_mib(lambda: run_saeeval(model, saes, tokens, args.ignore_bos))
         if peak is None:
             print("this torch's profiler gives no allocation records: memory not measured")
             return 1
         peaks[batch] = peak
-        print(f"batch {batch}: peak tensor memory above the weights {peak:.0f} MiB "
+        rss = "" if rss_before is None else (
+            f"; peak RSS above the RSS before {(load_memory.status_kib('VmHWM') - rss_before) / 1024:.0f} MiB")
+        print(f"batch {batch}: peak tensor memory above the weights {peak:.0f} MiB{rss} "
               f"({time.perf_counter() - t0:.0f}s wall, under the profiler)", flush=True)
     lo, hi = min(peaks), max(peaks)
     growth = peaks[hi] / peaks[lo]
@@ -272,11 +365,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--shape", choices=list(SHAPES), default="dev", help="model/SAE shape (see bench_models.py)")
     p.add_argument("--tiny", action="store_true", help="same as --shape tiny: correctness check only")
-    p.add_argument("--repeats", type=int, default=None, help="timed rounds (dev: 7 after one warm-up; others 1)")
+    p.add_argument("--repeats", type=int, default=None, help="timed rounds (dev: 11 after one warm-up; others 1)")
     p.add_argument("--sae-lens-rounds", type=int, default=None,
                    help="rounds that also time sae_lens (dev: the first 2; others: all)")
+    p.add_argument("--load-shape", choices=("gemma-2-2b", "gemma-2"), default="gemma-2-2b",
+                   help="the Gemma-2 folder whose loading the memory case measures: Gemma-2-2b at full depth in "
+                        "bfloat16 (5 GB on disk, ~2 minutes) or a 2-layer one of --load-width")
     p.add_argument("--load-width", type=int, default=None,
-                   help="d_model of the Gemma-2 folder whose loading the memory case measures (default: the shape's)")
+                   help="d_model of the 2-layer Gemma-2 folder (--load-shape gemma-2; default: the shape's)")
     p.add_argument("--batch", type=int, default=None, help="prompts per batch")
     p.add_argument("--seq", type=int, default=None, help="tokens per prompt")
     p.add_argument("--n-batches", type=int, default=None, help="batches per evaluation")
@@ -290,7 +386,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory-batches", type=lambda v: [int(x) for x in v.split(",")], default=[8, 32],
                    help="batch sizes of the memory case (gemma-2-2b-narrow), comma-separated")
     p.add_argument("--ignore-bos", action="store_true", help="drop BOS from metrics (saeeval with compat=saelens)")
+    p.add_argument("--saebench-python", default=None,
+                   help="python of an environment with sae-bench: also run SAEBench's core eval (bench_saebench.py)")
     args = p.parse_args(argv)
+    if args.saebench_python and args.ignore_bos:
+        p.error("--saebench-python counts every position: drop --ignore-bos")
+    if args.saebench_python and shutil.which(args.saebench_python) is None:
+        p.error(f"--saebench-python {args.saebench_python} is not an executable: give the python of an environment "
+                "with sae-bench installed (see scripts/bench_saebench.py)")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     shape = "tiny" if args.tiny else args.shape
