@@ -5,7 +5,10 @@ earlier work would blur it. The child imports saeeval first, resets the high-wat
 loads the folder with `saeeval.models.load_model` (`model=hf_folder`), and reports peak and settled RSS above
 what it held before loading. The stand-ins (tests/standins.py) are random-weight folders written with
 save_pretrained: Gemma-2 (256,000-token vocabulary, tied embeddings; 2 layers), GPT-2 (50257, tied; 2 layers) and
-Gemma-2-2b at its full depth in bfloat16 (5.2 GB on disk, about 9 GB of RAM at the peak; several minutes).
+Gemma-2-2b at its full depth in bfloat16 (5.2 GB on disk; about 2 minutes here).
+The ratios: `load_peak_ratio` / `load_settled_ratio` (RSS), `load_peak_anon_ratio` (anonymous memory alone,
+sampled), `settled_file_ratio` (file pages still resident after loading: the checkpoint's, were any tensor to
+still view its mapping), `param_ratio` / `storage_ratio` (the parameters' bytes and their distinct storages).
 
     python scripts/load_memory.py                     # the two narrow stand-ins, one line each
     python scripts/load_memory.py --shape gemma-2 --width 768
@@ -27,7 +30,7 @@ TESTS = Path(__file__).resolve().parent.parent / "tests"
 CHECKPOINT_SUFFIXES = (".safetensors",)
 
 
-def _status_kib(field: str) -> int:
+def status_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
@@ -42,28 +45,28 @@ def child(folder: str, dtype: str) -> None:
 
     torch.set_num_threads(1)
     gc.collect()
-    before, before_anon, before_file = _status_kib("VmRSS"), _status_kib("RssAnon"), _status_kib("RssFile")
+    before, before_anon, before_file = status_kib("VmRSS"), status_kib("RssAnon"), status_kib("RssFile")
     anon_peak = [before_anon]
     done = threading.Event()
 
     def sample() -> None:  # the kernel keeps no high-water mark of anonymous memory alone
         while not done.wait(0.002):
-            anon_peak[0] = max(anon_peak[0], _status_kib("RssAnon"))
+            anon_peak[0] = max(anon_peak[0], status_kib("RssAnon"))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     model = load_model(name=folder, source="folder", device="cpu", dtype=dtype)
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
     done.set()
     sampler.join()
     gc.collect()
-    settled = _status_kib("VmRSS")
+    settled = status_kib("VmRSS")
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in model.parameters()}
     print(json.dumps({"before": before * 1024, "peak": peak * 1024, "settled": settled * 1024,
                       "anon_before": before_anon * 1024, "anon_peak": anon_peak[0] * 1024,
-                      "file_before": before_file * 1024, "file_settled": _status_kib("RssFile") * 1024,
+                      "file_before": before_file * 1024, "file_settled": status_kib("RssFile") * 1024,
                       "param_bytes": params, "storage_bytes": sum(storages.values())}))
 
 
