@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import mmap
 from collections.abc import Iterable
 from pathlib import Path
@@ -73,10 +74,11 @@ def release_pages(span: Span, mappings: list[Span], keep: Iterable[Span]) -> int
     if libc is None:
         return 0
     page = mmap.PAGESIZE
+    keep = list(keep)
     advised = 0
     for m_start, m_end in mappings:
         inside = (max(span[0], m_start), min(span[1], m_end))
-        for start, end in _minus(inside, list(keep)):
+        for start, end in _minus(inside, keep):
             start, end = -(-start // page) * page, end // page * page
             if start < end and libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED) == 0:
                 advised += end - start
@@ -97,7 +99,9 @@ def copy_out(tensor: torch.Tensor, mappings: list[Span], keep: Iterable[Span]) -
     return owned
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
+    """libc with `madvise` typed, looked up once (`find_library` runs `ldconfig`: ~1 ms a call)."""
     name = ctypes.util.find_library("c")
     if name is None:
         return None
