@@ -17,6 +17,10 @@ from transformer_lens import HookedTransformerConfig
 from transformer_lens import loading_from_pretrained as tl_loading
 
 BOS = 0
+COMPARED = ("ce_loss_without_sae", "ce_loss_with_sae", "ce_loss_with_ablation", "kl_div_with_sae",
+            "kl_div_with_ablation", "explained_variance", "mse", "l0", "l1", "cossim", "l2_ratio")
+"""sae_lens run_evals keys the benchmark compares (its names; SAEBench reports the same ones); the derived ce/kl
+scores follow from them."""
 
 
 @dataclass(frozen=True)
