@@ -24,7 +24,7 @@ above the weights at each of `--memory-batches`.
     python scripts/bench.py                              # dev shape: about 6 minutes on one core
     python scripts/bench.py --tiny                       # correctness only (2 layers, a few tokens)
     python scripts/bench.py --shape gpt2-small           # 12 SAEs of width 24576, one round: a few minutes
-    python scripts/bench.py --shape gemma-2-2b-narrow    # memory at batch 8 and 32 (~11 GB of RAM at the load)
+    python scripts/bench.py --shape gemma-2-2b-narrow    # memory at batch 8 and 32 (max RSS 8.4 GB measured)
     python scripts/bench.py --condition-batch 4          # also saeeval with 4 conditions per forward
 
 Threads default to 1: on a 2-core machine shared with other jobs, 2 intra-op threads oversubscribe the cores and
@@ -56,7 +56,7 @@ from typing import Any
 import load_memory
 import torch
 from bench_floor import floor_inputs, floor_step, splices_alone
-from bench_models import BOS, SHAPES, FixedTokens, Setup, make_batches, make_model, make_saes
+from bench_models import BOS, COMPARED, SHAPES, FixedTokens, Setup, make_batches, make_model, make_saes
 from sae_lens.evals import EvalConfig, run_evals
 from sae_lens.training.activation_scaler import ActivationScaler
 
@@ -67,9 +67,6 @@ from saeeval.profiling import peak_tensor_bytes
 
 TOLERANCE = 1e-4
 TARGETS = {"speedup": 3.0, "floor_ratio": 1.05}
-COMPARED = ("ce_loss_without_sae", "ce_loss_with_sae", "ce_loss_with_ablation", "kl_div_with_sae",
-            "kl_div_with_ablation", "explained_variance", "mse", "l0", "l1", "cossim", "l2_ratio")
-"""sae_lens run_evals keys compared (its names); the derived ce/kl scores follow from them."""
 
 
 # --- the three contenders -------------------------------------------------------------------------------------
@@ -210,14 +207,14 @@ def peak_tensor_mib(fn: Callable[[], Any]) -> float | None:
     return None if peak is None else peak / 2**20
 
 
-def max_rel_diff(ours: dict, theirs: dict) -> tuple[float, str]:
+def max_rel_diff(ours: dict, theirs: dict, them: str = "sae_lens") -> tuple[float, str]:
     worst, where = 0.0, ""
     for sae, metrics in theirs.items():
         for key, want in metrics.items():
             got = ours[sae][key]
             rel = abs(got - want) / max(abs(want), abs(got), 1e-12)
             if rel > worst or rel != rel:
-                worst, where = rel, f"{sae} {key}: saeeval {got:.9g} vs sae_lens {want:.9g}"
+                worst, where = rel, f"{sae} {key}: saeeval {got:.9g} vs {them} {want:.9g}"
     return worst, where
 
 
@@ -236,17 +233,19 @@ def compare(args: argparse.Namespace, s: Setup, shape: str) -> int:
           f"(d_sae {s.d_sae}) -> {n_cond} saeeval conditions; {s.n_batches} batches x {s.batch} x {s.seq} tokens; "
           f"{torch.get_num_threads()} threads; {args.clock} clock")
 
+    def saeeval(condition_batch: int | None = None) -> Contender:
+        return Contender(lambda: SaeevalRun(model, saes, args.ignore_bos, condition_batch),
+                         lambda run, i: run.step(i, batches[i]), lambda run: run.finish())
+
     contenders: dict[str, Contender] = {
-        "saeeval": Contender(lambda: SaeevalRun(model, saes, args.ignore_bos),
-                             lambda run, i: run.step(i, batches[i]), lambda run: run.finish()),
+        "saeeval": saeeval(),
         "sae_lens": Contender(end=lambda _: run_sae_lens(model, saes, batches, args.ignore_bos)),
         "floor": Contender(step=lambda _, i: floor_step(model, prepared[i])),
         "splices": Contender(step=lambda _, i: splices_alone(prepared[i : i + 1])),
     }
     batched = f"saeeval[{args.condition_batch}]"
     if args.condition_batch:
-        contenders[batched] = Contender(lambda: SaeevalRun(model, saes, args.ignore_bos, args.condition_batch),
-                                        lambda run, i: run.step(i, batches[i]), lambda run: run.finish())
+        contenders[batched] = saeeval(args.condition_batch)
     times: dict[str, list[float]] = {k: [] for k in contenders}
     walls: dict[str, list[float]] = {k: [] for k in contenders}
     results: dict[str, Any] = {}
@@ -263,7 +262,7 @@ def compare(args: argparse.Namespace, s: Setup, shape: str) -> int:
                 walls[name].append(wall)
             print(f"round {r - warmup + 1}: " + ", ".join(f"{k} {times[k][-1]:.3f}s" for k in order), flush=True)
     saebench = run_saebench(args.saebench_python, s, args.threads) if args.saebench_python else None
-    as_saebench = (run_saeeval(model, saes, batches, False, compat="saebench") if saebench is not None else None)
+    as_saebench = run_saeeval(model, saes, batches, False, compat="saebench") if saebench is not None else None
     peaks = ({name: peak_tensor_mib(lambda c=c: c.whole(len(batches))) for name, c in contenders.items()}
              if (tiny or dev) else {})
 
@@ -284,21 +283,20 @@ def compare(args: argparse.Namespace, s: Setup, shape: str) -> int:
         print(f"{name:11s} median {statistics.median(times[name]):.3f}s {args.clock} "
               f"({statistics.median(walls[name]):.3f}s wall) over {len(times[name])} rounds{mem}")
     if saebench is not None:
-        sb_rel, sb_where = max_rel_diff(results["saeeval"], saebench["metrics"])
+        sb_rel, sb_where = max_rel_diff(results["saeeval"], saebench["metrics"], "SAEBench")
         sb_speedup = saebench[args.clock] / statistics.median(times["saeeval"])
-        print(f"saebench    {saebench['cpu']:.3f}s cpu ({saebench['wall']:.3f}s wall), one run in its own process and "
-              f"environment after the rounds: saeeval {sb_speedup:.2f}x faster; largest relative difference "
-              f"{sb_rel:.3g} ({sb_where.replace('sae_lens', 'SAEBench')})")
-        own_rel, own_where = max_rel_diff(as_saebench, saebench["own"])
-        print(f"saeeval compat=saebench against SAEBench's own batch-dependent definitions (mse, explained variance "
-              f"+ legacy, relative bias, l1): largest relative difference {own_rel:.3g} "
-              f"({own_where.replace('sae_lens', 'SAEBench')})")
+        print(f"saebench    {saebench['cpu']:.3f}s cpu ({saebench['wall']:.3f}s wall), one run in its own process "
+              f"after the rounds: saeeval {sb_speedup:.2f}x faster\n"
+              f"  largest relative difference {sb_rel:.3g}\n  ({sb_where})")
+        own_rel, own_where = max_rel_diff(as_saebench, saebench["own"], "SAEBench")
+        print("saeeval compat=saebench against SAEBench's own batch-dependent definitions (mse, explained variance\n"
+              f"  + legacy, relative bias, l1): largest relative difference {own_rel:.3g}\n  ({own_where})")
     print(f"saeeval / floor per round: {' '.join(f'{x:.3f}' for x in per_round)}; of the fastest rounds "
           f"(least disturbed by other jobs): {min(times['saeeval']) / min(times['floor']):.3f}")
     bare = statistics.median(a / (f - sp) for a, f, sp in zip(times["saeeval"], times["floor"], times["splices"]))
     share = statistics.median(sp / f for f, sp in zip(times["floor"], times["splices"]))
-    print(f"the splices (SAE encode/decode, zeros) are {share:.1%} of the floor; saeeval over the floor's forwards "
-          f"alone (floor minus splices): {bare:.3f}")
+    print(f"the splices (SAE encode/decode, zeros) are {share:.1%} of the floor;\n"
+          f"  saeeval over the floor's forwards alone (floor minus splices): {bare:.3f}")
     if args.condition_batch:
         ratios = [b / a for a, b in zip(times["saeeval"], times[batched])]
         print(f"{batched} / saeeval (one condition per forward): median {statistics.median(ratios):.3f}, per round "
