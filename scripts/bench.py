@@ -60,9 +60,9 @@ from bench_models import BOS, COMPARED, SHAPES, FixedTokens, Setup, make_batches
 from sae_lens.evals import EvalConfig, run_evals
 from sae_lens.training.activation_scaler import ActivationScaler
 
-from saeeval.conditions import build_conditions
-from saeeval.masks import Masks, TokenMask
-from saeeval.module import SAEEvalModule
+from saeeval.engine.conditions import build_conditions
+from saeeval.engine.masks import Masks, TokenMask
+from saeeval.engine.module import SAEEvalModule
 from saeeval.profiling import peak_tensor_bytes
 
 TOLERANCE = 1e-4

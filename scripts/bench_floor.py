@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from saeeval.conditions import Condition, build_conditions, hooks_of
-from saeeval.splicing import Splicer
+from saeeval.engine.conditions import Condition, build_conditions, hooks_of
+from saeeval.engine.splicing import Splicer
 
 Splice = Callable[[torch.Tensor], torch.Tensor]
 

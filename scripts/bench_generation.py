@@ -20,11 +20,11 @@ import time
 import torch
 from sae_lens import SAE
 
-from saeeval.conditions import build_conditions
-from saeeval.generation import SpliceAt, condition_hooks, generated_positions, greedy_generate
-from saeeval.masks import Masks, special_token_ids
-from saeeval.models import default_zoo_root, load_model
-from saeeval.module import SAEEvalModule
+from saeeval.engine.conditions import build_conditions
+from saeeval.engine.generation import SpliceAt, stacked_hooks, generated_positions, greedy_generate
+from saeeval.engine.masks import Masks, special_token_ids
+from saeeval.engine.module import SAEEvalModule
+from saeeval.loading.models import default_zoo_root, load_model
 from saeeval.tasks.ioi import IOIDataModule
 from saeeval.tasks.toxicity import ToxicityDataModule
 
@@ -70,7 +70,7 @@ def bench(task_name: str, max_new_tokens: int | None) -> str:
             m = masks(b["tokens"], b["attention_mask"], b["positions"], special)
             for cond in [None, *conditions]:
                 greedy_generate(model, b["tokens"], b["attention_mask"], n_tokens, SpliceAt(m.splice, m.ablate),
-                                step_at, condition_hooks(generating.splicer, cond, None), None)
+                                step_at, stacked_hooks(generating.splicer, [cond], None), None)
 
     full = cpu_seconds(no_early_stop)
     n, k = len(task.examples), 1 + len(conditions)

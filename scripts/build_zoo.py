@@ -22,16 +22,24 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
-from sae_lens import SAE, HookedSAETransformer, JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAEConfig
-from sae_lens import TopKSAE, TopKSAEConfig
+from sae_lens import (
+    SAE,
+    HookedSAETransformer,
+    JumpReLUSAE,
+    JumpReLUSAEConfig,
+    StandardSAE,
+    StandardSAEConfig,
+    TopKSAE,
+    TopKSAEConfig,
+)
 from sae_lens.saes.jumprelu_sae import JumpReLU, Step
 from sae_lens.saes.sae import SAEMetadata
+from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformer_lens import HookedTransformerConfig
 from transformers import PreTrainedTokenizerFast
 
-from saeeval.models import load_zoo_folder
+from saeeval.loading.models import load_zoo_folder
 from saeeval.tasks.words import TOXICITY_LABELS, TOXICITY_TEMPLATE, fill_ioi, ioi_templates, load_words, name_adj_rows
 
 SPECIALS = ("<bos>", "<eos>", "<pad>", "<unk>")
@@ -339,7 +347,7 @@ def train_sae(sae: SAE, acts: torch.Tensor, b: Budget, seed: int) -> None:
 
 @torch.no_grad()
 def sae_scores(model: HookedSAETransformer, sae: SAE, toks: torch.Tensor, ce_clean: float) -> dict[str, Any]:
-    """EV/MSE/L0 (DESIGN.md definitions) over held-out word positions; CE with the SAE (or zeros) spliced there."""
+    """EV/MSE/L0 (the definitions in docs/results.md) over held-out word positions; CE with the SAE (or zeros) spliced there."""
     name = sae.cfg.metadata.hook_name
     x = hook_acts(model, toks, [name])[name]
     f = sae.encode(x)

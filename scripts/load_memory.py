@@ -2,7 +2,7 @@
 
 Why a subprocess: resident memory (VmHWM, VmRSS in /proc/self/status) is per process, and allocator caches from
 earlier work would blur it. The child imports saeeval first, resets the high-water mark (`/proc/self/clear_refs`),
-loads the folder with `saeeval.models.load_model` (`model=hf_folder`), and reports peak and settled RSS above
+loads the folder with `saeeval.loading.models.load_model` (`model=hf_folder`), and reports peak and settled RSS above
 what it held before loading. The stand-ins (tests/standins.py) are random-weight folders written with
 save_pretrained: Gemma-2 (256,000-token vocabulary, tied embeddings; 2 layers), GPT-2 (50257, tied; 2 layers) and
 Gemma-2-2b at its full depth in bfloat16 (5.2 GB on disk; about 2 minutes here).
@@ -41,7 +41,7 @@ def child(folder: str, dtype: str) -> None:
     """Load `folder` and print one JSON line: bytes held before, at the peak and after loading."""
     import torch
 
-    from saeeval.models import load_model
+    from saeeval.loading.models import load_model
 
     torch.set_num_threads(1)
     gc.collect()

@@ -41,8 +41,8 @@ def run_inprocess(*argv: str, capfd: pytest.CaptureFixture, out: Path | None = N
     """`python -m saeeval *argv` (plus hydra.run.dir=out) inside this process."""
     from hydra.core.global_hydra import GlobalHydra
 
-    import saeeval.__main__ as entry
-    from saeeval import errors
+    import saeeval.cli.main as entry
+    from saeeval.cli import boundary
 
     args = [*argv, *([f"hydra.run.dir={out}"] if out is not None else [])]
     saved_argv, saved_env = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
@@ -69,8 +69,8 @@ def run_inprocess(*argv: str, capfd: pytest.CaptureFixture, out: Path | None = N
                 root.addHandler(handler)
         root.setLevel(saved_level)
         signal.signal(signal.SIGINT, saved_sigint)
-        errors._sigint_seen = False
-        errors.run_folder = None
+        boundary._sigint_seen = False
+        boundary.run_folder = None
         logging.raiseExceptions = True
     captured = capfd.readouterr()
     code = exit_.value.code

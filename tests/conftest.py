@@ -6,9 +6,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from sae_lens import JumpReLUSAE, JumpReLUSAEConfig, SAE, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+from sae_lens import (
+    SAE,
+    HookedSAETransformer,
+    JumpReLUSAE,
+    JumpReLUSAEConfig,
+    StandardSAE,
+    StandardSAEConfig,
+    TopKSAE,
+    TopKSAEConfig,
+)
 from sae_lens.saes.sae import SAEMetadata
-from sae_lens import HookedSAETransformer
 from transformer_lens import HookedTransformerConfig
 
 

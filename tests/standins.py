@@ -19,10 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
-from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
-
 from conftest import gpt2_tokenizer_obj
+from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+from safetensors.torch import save_file
 
 SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"  # any 40-hex commit id
 GEMMA_CHAT_TEMPLATE = (  # the template shipped with google/gemma-2-2b-it

@@ -6,22 +6,20 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from conftest import REAL_RUN
 from sae_lens import SAE, HookedSAETransformer
+from safetensors.torch import load_file
 from transformer_lens import HookedTransformerConfig
 from transformers import PreTrainedTokenizerFast
 
 import saeeval
-from saeeval.catalog import short_name
 from saeeval.errors import SaeevalError
-from saeeval.models import default_zoo_root
-
-from conftest import REAL_RUN
+from saeeval.loading.models import default_zoo_root
+from saeeval.render.catalog import short_name
 
 pytestmark = pytest.mark.slow
 ZOO = default_zoo_root() / "tiny"

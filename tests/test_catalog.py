@@ -7,17 +7,16 @@ import io
 import pytest
 import torch
 from rich.console import Console
+from test_api import plain_model, plain_saes
 
 import saeeval
-from saeeval import catalog
-from saeeval.catalog import Metric, fmt, short_name
-from saeeval.loggers import flat_metrics
+from saeeval.render import catalog
 from saeeval.metrics.reconstruction import Reconstruction
-from saeeval.report import build_report
-from saeeval.report_wandb import _recon_md
-from saeeval.runs import load_runs
-
-from test_api import plain_model, plain_saes
+from saeeval.publish.html_report import build_report
+from saeeval.publish.loggers import flat_metrics
+from saeeval.publish.runs import load_runs
+from saeeval.publish.wandb_report import _recon_md
+from saeeval.render.catalog import Metric, fmt, short_name
 
 HOOK = "blocks.0.hook_resid_post"
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from saeeval.choices import check_choices, group_options
+from saeeval.cli.choices import check_choices, group_options
 from saeeval.errors import SaeevalError
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from saeeval.catalog import UNRELIABLE_LEGEND, fmt
 from saeeval.metrics.stats import UNRELIABLE_Z
+from saeeval.render.catalog import UNRELIABLE_LEGEND, fmt
 
 pytestmark = pytest.mark.slow
 

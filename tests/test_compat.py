@@ -6,15 +6,15 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import pytest
+import saebench_core
 import torch
+from conftest import FixedTokens
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from sae_lens.evals import EvalConfig, run_evals
 from sae_lens.training.activation_scaler import ActivationScaler
 
 import saeeval
-import saebench_core
-from conftest import FixedTokens
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from run_files import differences, load
 
 pytestmark = pytest.mark.slow

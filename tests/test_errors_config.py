@@ -6,13 +6,13 @@ from __future__ import annotations
 from importlib import resources
 
 import pytest
+from cli_harness import digest, run_inprocess, with_prior_results
 from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
-from cli_harness import digest, run_inprocess, with_prior_results
-from saeeval.choices import group_options
-from saeeval.config_check import TOP_LEVEL, check_config, widen_overrides
+from saeeval.cli.choices import group_options
+from saeeval.cli.config_check import TOP_LEVEL, check_config, widen_overrides
 
 
 @pytest.mark.parametrize(

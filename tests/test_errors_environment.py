@@ -7,9 +7,9 @@ import os
 import time
 
 import pytest
-
 from cli_harness import digest, run_inprocess, run_subprocess, with_prior_results
-from saeeval.environment import check_launcher
+
+from saeeval.cli.environment import check_launcher
 
 
 @pytest.fixture

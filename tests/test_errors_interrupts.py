@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from cli_harness import digest, with_prior_results
 
 pytestmark = pytest.mark.slow
@@ -22,12 +21,12 @@ LINE = "saeeval: interrupted; nothing written, rerun to resume"
 # Loaded by the child through PYTHONPATH: marks the first scored batch, so the test knows the run is mid-way.
 SITECUSTOMIZE = """
 import os, pathlib
-import saeeval.module
+import saeeval.engine.module
 
 def on_test_batch_start(self, *args, **kwargs):
     pathlib.Path(os.environ["SAEEVAL_TEST_BATCH_MARKER"]).touch()
 
-saeeval.module.SAEEvalModule.on_test_batch_start = on_test_batch_start
+saeeval.engine.module.SAEEvalModule.on_test_batch_start = on_test_batch_start
 """
 
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_harness import digest, run_inprocess, with_prior_results
 from safetensors.torch import load_file, save_file
 
-from cli_harness import digest, run_inprocess, with_prior_results
-from saeeval.models import default_zoo_root
-from saeeval.report import build_report
-from saeeval.run_results import Results
+from saeeval.api.results import Results
+from saeeval.loading.models import default_zoo_root
+from saeeval.publish.html_report import build_report
 
 ZOO = default_zoo_root() / "tiny"
 

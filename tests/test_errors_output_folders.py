@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from cli_harness import digest, run_inprocess, with_prior_results
 
 ROOT = os.geteuid() == 0
@@ -103,7 +102,7 @@ def test_full_disk_is_one_line_and_leaves_earlier_results_whole(tmp_path, capfd,
 
 def test_disk_filling_up_while_results_are_written_leaves_no_partial_file(tmp_path, capfd, monkeypatch):
     """ENOSPC injected into the results writer (where a disk that fills during the run fails)."""
-    import saeeval.results as results
+    import saeeval.results.files as results
 
     real_fdopen = os.fdopen
 

@@ -8,9 +8,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from cli_harness import digest, run_inprocess, with_prior_results
-from saeeval.models import default_zoo_root
+
+from saeeval.loading.models import default_zoo_root
 
 ZOO_SAE = default_zoo_root() / "tiny" / "saes" / "blocks.0.hook_resid_post"
 

@@ -4,7 +4,6 @@ before any forward pass, instead of a run that "succeeds" with empty metrics."""
 from __future__ import annotations
 
 import pytest
-
 from cli_harness import digest, run_inprocess, with_prior_results
 
 

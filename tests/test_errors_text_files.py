@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from cli_harness import digest, run_inprocess, with_prior_results
+
 from saeeval.tasks.toxicity import read_toxicity_csv
 
 CSV = "phrase,toxicity,identity\nthe café owner is kind,nontoxic,all\nthey are awful,toxic,all\n"

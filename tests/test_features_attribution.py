@@ -15,11 +15,11 @@ from conftest import make_sae
 from sae_lens import HookedSAETransformer
 from transformer_lens import HookedTransformerConfig
 
-from saeeval.features.attribution import LatentProbe, ablation_effects, answer_rows, attribution
-from saeeval.models import load_model
-from saeeval.saes import load_saes
-from saeeval.scoring import answer_logit_diff
-from saeeval.splicing import Splicer
+from saeeval.engine.scoring import answer_logit_diff, answer_rows
+from saeeval.engine.splicing import Splicer
+from saeeval.features.attribution import LatentProbe, ablation_effects, attribution
+from saeeval.loading.models import load_model
+from saeeval.loading.saes import load_saes
 from saeeval.tasks.ioi import IOIDataModule
 
 torch.set_num_threads(1)

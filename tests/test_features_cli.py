@@ -21,10 +21,10 @@ from rich.console import Console
 from scipy.stats import spearmanr
 
 import saeeval
+from saeeval.engine.masks import special_token_ids
 from saeeval.errors import SaeevalError
-from saeeval.masks import special_token_ids
-from saeeval.models import load_model
-from saeeval.saes import load_saes
+from saeeval.loading.models import load_model
+from saeeval.loading.saes import load_saes
 from saeeval.tasks.ioi import IOIDataModule
 from saeeval.tasks.toxicity import ToxicityDataModule
 
@@ -208,7 +208,7 @@ def test_a_task_without_answers_is_refused(tmp_path, capfd):
 
 
 def test_report_has_a_feature_section_per_task(runs, tmp_path):
-    from saeeval.report import build_report
+    from saeeval.publish.html_report import build_report
 
     page = build_report([runs["ioi"], runs["toxicity"]], tmp_path / "report.html").read_text()
     files = tmp_path / "report_files"
@@ -246,9 +246,9 @@ def test_wandb_report_has_the_feature_tables_and_a_panel_over_logged_keys(runs, 
     interface = pytest.importorskip("wandb_workspaces.reports.v2.interface")
     from test_report import _FakeWandbApi
 
-    from saeeval.loggers import feature_metrics
-    from saeeval.report_wandb import wandb_report
-    from saeeval.runs import load_runs
+    from saeeval.publish.loggers import feature_metrics
+    from saeeval.publish.runs import load_runs
+    from saeeval.publish.wandb_report import wandb_report
 
     monkeypatch.setattr(interface, "_get_api", lambda: _FakeWandbApi())
     found = load_runs([runs["ioi"], runs["toxicity"]])

@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from saeeval.file_pages import copy_out, file_mappings, release_pages, tensor_span
+from saeeval.loading.file_pages import copy_out, file_mappings, release_pages, tensor_span
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux /proc")
 N = 8 * 2**20 // 4  # 8 MiB of float32 per tensor

@@ -8,18 +8,18 @@ from collections.abc import Callable, Sequence
 
 import pytest
 import torch
+from cli_harness import run_inprocess
 from sae_lens import SAE
 
 import saeeval
-from cli_harness import run_inprocess
-from saeeval.conditions import Condition, build_conditions
+from saeeval.engine.conditions import Condition, build_conditions
+from saeeval.engine.generation import NOT_GENERATED, SpliceAt, stacked_hooks, generated_positions, greedy_generate
+from saeeval.engine.masks import Masks, TokenMask, special_token_ids
+from saeeval.engine.module import SAEEvalModule
+from saeeval.engine.splicing import Splicer
 from saeeval.errors import SaeevalError
-from saeeval.generation import NOT_GENERATED, SpliceAt, condition_hooks, generated_positions, greedy_generate
-from saeeval.masks import Masks, TokenMask, special_token_ids
-from saeeval.models import default_zoo_root, load_model
-from saeeval.module import SAEEvalModule
-from saeeval.splicing import Splicer
-from saeeval.tasks.generated import FIRST_NAME_REGEX, NOTEBOOK_REGEX, UNPARSED, GenerationOptions, parse_answer
+from saeeval.loading.models import default_zoo_root, load_model
+from saeeval.tasks.answer_parsing import FIRST_NAME_REGEX, NOTEBOOK_REGEX, UNPARSED, GenerationOptions, parse_answer
 from saeeval.tasks.ioi import IOIDataModule
 
 ZOO = default_zoo_root() / "tiny"
@@ -111,7 +111,7 @@ def test_kv_cache_loop_equals_full_recompute_under_every_splice(zoo, positions):
     m = mask(batch["tokens"], batch["attention_mask"], None, special)
     for cond in conditions_of(saes):
         runs = [greedy_generate(model, batch["tokens"], batch["attention_mask"], 6, SpliceAt(m, m),
-                                generated_positions(mask, special), condition_hooks(splicer, cond, None),
+                                generated_positions(mask, special), stacked_hooks(splicer, [cond], None),
                                 model.tokenizer.eos_token_id, use_kv_cache=kv) for kv in (True, False)]
         assert torch.equal(runs[0], runs[1]), cond
 
@@ -150,7 +150,7 @@ def test_batched_left_padded_generation_equals_transformer_lens_generate(zoo, kv
     cond = Condition("sae", ("blocks.1.hook_resid_post",), ("blocks.1.hook_resid_post",))
     for c, hooks in ((None, []), (cond, [("blocks.1.hook_resid_post", recon_all(sae))])):
         ours = greedy_generate(model, batch["tokens"], batch["attention_mask"], 5, SpliceAt(m, m),
-                               generated_positions(everywhere, []), condition_hooks(splicer, c, None), eos)
+                               generated_positions(everywhere, []), stacked_hooks(splicer, [c], None), eos)
         for row, prompt in zip(ours.tolist(), prompt_rows(batch)):
             with model.hooks(fwd_hooks=hooks):
                 ref = model.generate(torch.tensor([prompt]), max_new_tokens=5, do_sample=False, verbose=False,

@@ -13,19 +13,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_sae
 from rich.console import Console
 from sae_lens import SAE
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-from conftest import make_sae
-from saeeval.loggers import flat_metrics, samples_table
-from saeeval.masks import special_token_ids
-from saeeval.models import default_zoo_root, load_model
-from saeeval.report import build_report
-from saeeval.run_results import Results
-from saeeval.tasks.words import name_adj_rows
 from standins import write_gemma2_folder
 from test_generation import hand_greedy, sae_replace
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from saeeval.api.results import Results
+from saeeval.engine.masks import special_token_ids
+from saeeval.loading.models import default_zoo_root, load_model
+from saeeval.publish.html_report import build_report
+from saeeval.publish.loggers import flat_metrics, samples_table
+from saeeval.tasks.words import name_adj_rows
 
 pytestmark = pytest.mark.slow
 torch.set_num_threads(1)

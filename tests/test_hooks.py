@@ -1,11 +1,11 @@
-"""saeeval.hooks.forward_hooks: the hooks fire for the call and are gone after it, leaving other hooks alone."""
+"""saeeval.engine.hook_context.forward_hooks: the hooks fire for the call and are gone after it, leaving other hooks alone."""
 
 from __future__ import annotations
 
 import torch
 
-from saeeval.hooks import forward_hooks
-from saeeval.models import default_zoo_root, load_zoo_folder
+from saeeval.engine.hook_context import forward_hooks
+from saeeval.loading.models import default_zoo_root, load_zoo_folder
 
 
 def test_hooks_fire_once_and_leave_the_model_as_found():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from saeeval.loggers import CHART_KEY, SAMPLES_KEY, flat_metrics, logged_config, samples_table
+from saeeval.publish.loggers import CHART_KEY, SAMPLES_KEY, flat_metrics, logged_config, samples_table
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = {

@@ -9,11 +9,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from saeeval.engine.masks import Masks, TokenMask, special_token_ids
 from saeeval.errors import SaeevalError
-from saeeval.masks import Masks, TokenMask, special_token_ids
 
 EOT = 50256  # GPT-2: bos == eos == pad
-CONF = Path(__file__).parent.parent / "conf" / "mask"
+CONF = Path(__file__).parent.parent / "saeeval" / "conf" / "mask"
 
 
 @pytest.fixture

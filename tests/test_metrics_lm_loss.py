@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
+from conftest import FixedTokens, make_sae, make_tiny_model
 from sae_lens.evals import _kl, get_downstream_reconstruction_metrics
 from sae_lens.training.activation_scaler import ActivationScaler
 
-from conftest import FixedTokens, make_sae, make_tiny_model
 from saeeval.metrics.lm_loss import KLDivergence, NextTokenCrossEntropy
 from saeeval.metrics.stats import ce_loss_score, kl_div_score
 

@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
+from conftest import FixedTokens, make_sae, make_tiny_model
 from sae_lens.evals import ExplainedVarianceCalculator, get_sparsity_and_variance_metrics
 from sae_lens.training.activation_scaler import ActivationScaler
 
 import saeeval.metrics.reconstruction as reconstruction
-from conftest import FixedTokens, make_sae, make_tiny_model
 from saeeval.metrics.reconstruction import Reconstruction
 
 torch.set_num_threads(1)
@@ -97,7 +97,7 @@ def test_single_batch_matches_sae_lens_sparsity_and_variance_metrics(arch: str) 
 
 def test_two_batches_match_sae_lens_except_rrb_which_is_global() -> None:
     """Token-weighted means and the streaming EV agree across batches; sae_lens averages per-batch RRB ratios,
-    the DESIGN.md contract takes E‖x̂‖²/E⟨x,x̂⟩ over all tokens."""
+    the results contract (docs/results.md) takes E‖x̂‖²/E⟨x,x̂⟩ over all tokens."""
     model, sae = make_tiny_model(), sae_with_dead_features("standard")
     batches = token_batches(2)
     got = ours(model, sae, batches)

@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import hashlib
-
 import json
 from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
 import torch
-from safetensors.torch import save_file
+from conftest import gpt2_tokenizer_obj
 from sae_lens import HookedSAETransformer
+from safetensors.torch import save_file
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 from transformer_lens import HookedTransformerConfig
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from conftest import gpt2_tokenizer_obj
 from saeeval.errors import SaeevalError
-from saeeval.models import available_zoo_models, load_model
+from saeeval.loading.models import available_zoo_models, load_model
 
 torch.set_num_threads(1)
 
@@ -110,9 +109,8 @@ def test_hf_folder_load_leaves_no_parameter_on_the_checkpoint_mapping(tmp_path):
     """Once loaded, no parameter views the memory-mapped checkpoint (its pages would stay resident beside the
     parameters): the file is not mapped at all, Gemma's W_U (= embedᵀ) is a copy of its own, and the logits are
     still the Hugging Face model's."""
-    from transformers import AutoModelForCausalLM
-
     from standins import write_gemma2_folder
+    from transformers import AutoModelForCausalLM
 
     folder = write_gemma2_folder(tmp_path / "gemma", ["the cat sat on a mat"])
     ckpt = str((folder / "model.safetensors").resolve())

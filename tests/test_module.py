@@ -10,9 +10,9 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
-from saeeval.cli import run_config
+from saeeval.cli.job import run_config
+from saeeval.engine.splicing import encode_decode
 from saeeval.metrics.reconstruction import Reconstruction
-from saeeval.splicing import encode_decode
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,6 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import lightning as L
 import pytest
@@ -20,10 +19,11 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from saeeval.conditions import build_conditions
-from saeeval.masks import special_token_ids
-from saeeval.module import SAEEvalModule
-from saeeval.results import config_hash, flat_numbers
+from saeeval.engine.conditions import build_conditions
+from saeeval.engine.masks import special_token_ids
+from saeeval.engine.module import SAEEvalModule
+from saeeval.results.config_hash import config_hash
+from saeeval.results.files import flat_numbers
 
 pytestmark = pytest.mark.slow
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_sae
+from standins import GEMMA_SPECIAL, write_gemma2_folder
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import make_sae
-from saeeval.conditions import build_conditions
+from saeeval.engine.conditions import build_conditions
 from saeeval.tasks.words import name_adj_rows
-from standins import GEMMA_SPECIAL, write_gemma2_folder
 
 pytestmark = pytest.mark.slow
 torch.set_num_threads(1)

@@ -15,19 +15,19 @@ import huggingface_hub.constants as hf_constants
 import numpy as np
 import pytest
 import torch
+from conftest import gpt2_tokenizer_obj
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
-from safetensors.numpy import load_file as load_numpy
 from sae_lens import HookedSAETransformer
+from safetensors.numpy import load_file as load_numpy
+from standins import snapshot_dir, write_gemma_scope
 from transformer_lens import HookedTransformerConfig
 
-from conftest import gpt2_tokenizer_obj
 from saeeval.errors import SaeevalError
-from saeeval.hub import hub_reachable
-from saeeval.models import load_model
-from saeeval.processing import processing_of
-from saeeval.saes import sae_hook
-from standins import snapshot_dir, write_gemma_scope
+from saeeval.hooknames import sae_hook
+from saeeval.loading.hub import hub_reachable
+from saeeval.loading.models import load_model
+from saeeval.loading.weight_processing import processing_of
 
 torch.set_num_threads(1)
 REFUSED = "http://127.0.0.1:9"  # nothing listens there: the hub is unreachable at once, on any machine

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from saeeval.report import build_report, load_runs, main
-from saeeval.catalog import fmt
-from saeeval.results import write_results
+from saeeval.cli.report import main
+from saeeval.publish.html_report import build_report, load_runs
+from saeeval.render.catalog import fmt
+from saeeval.results.files import write_results
 
 HOOK0, HOOK1 = "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"
 ABL0 = f"zero_ablation@{HOOK0}"
@@ -147,7 +148,7 @@ def test_nulls_render_as_dashes_and_tables_hold_the_numbers(run_dirs: list[Path]
 
 
 def test_frontier_points_sum_l0_over_a_conditions_saes_and_skip_nulls(run_dirs: list[Path]) -> None:
-    from saeeval.charts import frontier_points
+    from saeeval.render.charts import frontier_points
 
     r1, r2 = load_runs(run_dirs[:2])
     both = r1.doc["conditions"][BOTH]
@@ -275,8 +276,8 @@ def fake_wandb(monkeypatch: pytest.MonkeyPatch) -> _FakeWandbApi:
 def test_wandb_report_plots_the_logged_metric_keys_per_task(run_dirs: list[Path], fake_wandb: _FakeWandbApi) -> None:
     import wandb_workspaces.reports.v2 as wr
 
-    from saeeval.loggers import flat_metrics
-    from saeeval.report_wandb import wandb_report
+    from saeeval.publish.loggers import flat_metrics
+    from saeeval.publish.wandb_report import wandb_report
 
     runs = load_runs(run_dirs)
     report = wandb_report(runs, "my-team", "saeeval")

@@ -7,11 +7,12 @@ from pathlib import Path
 import huggingface_hub.constants
 import pytest
 import torch
+from conftest import make_sae, make_tiny_model
 from sae_lens import SAE
 
-from conftest import make_sae, make_tiny_model
 from saeeval.errors import SaeevalError
-from saeeval.saes import load_saes, sae_hook, validate_sae
+from saeeval.hooknames import sae_hook
+from saeeval.loading.saes import load_saes, validate_sae
 
 torch.set_num_threads(1)
 

@@ -1,4 +1,4 @@
-"""Chunked logits (saeeval.unembed, saeeval.scoring) against whole-logit references from the model's own forward."""
+"""Chunked logits (saeeval.engine.unembed, saeeval.engine.scoring) against whole-logit references from the model's own forward."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ from conftest import make_sae
 from sae_lens import HookedSAETransformer
 from transformer_lens import HookedTransformerConfig
 
-from saeeval import module as module_mod
-from saeeval.conditions import build_conditions, hooks_of
-from saeeval.masks import Masks, TokenMask
+from saeeval.engine import module as module_mod
+from saeeval.engine.conditions import build_conditions, hooks_of
+from saeeval.engine.masks import Masks, TokenMask
+from saeeval.engine.module import SAEEvalModule
+from saeeval.engine.scoring import LMStates, answer_logit_diff, answer_rows, rows_per_chunk, score_lm
+from saeeval.engine.splicing import Splicer, conditions_per_forward
+from saeeval.engine.unembed import Unembed
 from saeeval.metrics.lm_loss import KLDivergence, NextTokenCrossEntropy
-from saeeval.module import SAEEvalModule
 from saeeval.profiling import peak_tensor_bytes
-from saeeval.scoring import answer_logit_diff, rows_per_chunk, score_lm
-from saeeval.splicing import Splicer, conditions_per_forward
-from saeeval.unembed import Unembed
 
 torch.set_num_threads(1)
 D, V = 32, 211
@@ -111,7 +111,9 @@ def test_chunked_scores_equal_whole_logit_metrics(saes, soft_cap, chunk, full_ma
     clean = splicer.clean(tokens, am, hooks_of(conds))
     outs = splicer.run_many(conds, clean, mask)
     clean_ce, ces, kls = NextTokenCrossEntropy(), [NextTokenCrossEntropy() for _ in conds], [KLDivergence() for _ in conds]
-    score_lm(splicer.unembed, clean.final, [o.final for o in outs], tokens, mask, clean_ce, ces, kls, chunk=chunk)
+    score_lm(splicer.unembed, clean.final, tokens, mask,
+             [(o.final, LMStates(ce, kl)) for o, ce, kl in zip(outs, ces, kls, strict=True)], LMStates(clean_ce),
+             chunk=chunk)
 
     with torch.no_grad():
         clean_logits = model(tokens, attention_mask=am)
@@ -152,8 +154,8 @@ def test_peak_memory_follows_the_chunk_not_the_vocabulary_or_the_number_of_condi
 
     def peak(n_cond: int) -> int:
         finals = [clean.final + 0.01 * i for i in range(1, n_cond + 1)]
-        args = ([NextTokenCrossEntropy() for _ in finals], [KLDivergence() for _ in finals])
-        got = peak_tensor_bytes(lambda: score_lm(unembed, clean.final, finals, tokens, mask, None, *args, chunk=4))
+        conditions = [(f, LMStates(NextTokenCrossEntropy(), KLDivergence())) for f in finals]
+        got = peak_tensor_bytes(lambda: score_lm(unembed, clean.final, tokens, mask, conditions, chunk=4))
         assert got is not None
         return got
 
@@ -276,3 +278,13 @@ def test_paired_ce_differences_and_kl_stderr_equal_per_position_references(saes,
         assert float(m.ce_delta.compute()) == pytest.approx(want_mean, rel=1e-5, abs=1e-6)
         assert float(m.ce_delta.stderr()) == pytest.approx(want_se, rel=1e-4)
         assert float(m.kl.stderr()) == pytest.approx(mean_se(kls[i])[1], rel=1e-4)
+
+
+def test_answer_rows_take_the_named_column_per_row_or_the_last_one():
+    final = torch.arange(2 * 3 * 5 * 4, dtype=torch.float32).reshape(6, 5, 4)  # 3 conditions x 2 rows stacked
+    positions = {"END": torch.tensor([2, 4])}
+    torch.testing.assert_close(answer_rows(final, positions, None, copies=3), final[:, -1:])
+    got = answer_rows(final, positions, "END", copies=3)
+    want = torch.stack([final[i, [2, 4][i % 2]] for i in range(6)])[:, None]
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(answer_rows(final[:2], positions, "END"), want[:2])

@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 from hydra import compose, initialize_config_module
 from omegaconf.errors import InterpolationResolutionError
-
 from run_files import differences, load
 
 ROOT = Path(__file__).resolve().parents[1]

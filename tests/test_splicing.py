@@ -11,10 +11,10 @@ from omegaconf import OmegaConf
 from sae_lens import HookedSAETransformer
 from transformer_lens import HookedTransformerConfig
 
-from saeeval.conditions import Condition, build_conditions, hooks_of
+from saeeval.engine.conditions import Condition, build_conditions, hooks_of
+from saeeval.engine.mean_ablation import ActivationMeans
+from saeeval.engine.splicing import Splicer
 from saeeval.errors import SaeevalError
-from saeeval.means import ActivationMeans
-from saeeval.splicing import Splicer
 
 torch.set_num_threads(1)
 D = 32
@@ -372,7 +372,7 @@ def test_hook_z_sae_without_sae_lens_reshaping_gives_the_same_splice(model, batc
 
 @pytest.mark.parametrize("name", ["default", "each_layer", "groups_example", "mean_ablation"])
 def test_splice_configs_feed_build_conditions(saes, name):
-    cfg = OmegaConf.load(Path(__file__).parent.parent / "conf" / "splice" / f"{name}.yaml")
+    cfg = OmegaConf.load(Path(__file__).parent.parent / "saeeval" / "conf" / "splice" / f"{name}.yaml")
     conds = build_conditions({k: saes[k] for k in ("r0", "r1")}, **cfg)
     names = [c.name for c in conds if c.ablation is None]
     assert names[:2] == ["r0", "r1"]

@@ -21,9 +21,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from saeeval.cli.job import run_config
 from saeeval.errors import SaeevalError
-from saeeval.cli import run_config
-from saeeval.results import SCHEMA_VERSION, config_hash, write_results
+from saeeval.results.config_hash import config_hash
+from saeeval.results.files import write_results
+from saeeval.results.schema import SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ["-m", "+task=ioi,toxicity", "limit=24"]

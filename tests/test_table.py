@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from saeeval.catalog import fmt, metric, short_name
-from saeeval.table import WIDE, print_results, results_tables
+from saeeval.render.catalog import fmt, metric, short_name
+from saeeval.render.table import WIDE, print_results, results_tables
 
 GROUP = "blocks.0.hook_resid_post+blocks.1.hook_resid_post"
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from test_tasks_answers import word_tokenizer
 
 from saeeval.errors import SaeevalError
 from saeeval.tasks.ioi import IOIDataModule
 from saeeval.tasks.toxicity import ToxicityDataModule
-from test_tasks_answers import word_tokenizer
 
 
 def built(dm, tok, prepend_bos: bool = True):
@@ -122,7 +122,7 @@ def test_task_configs_instantiate_with_the_top_level_options(task):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    conf = Path(__file__).resolve().parents[1] / "conf" / "task" / f"{task}.yaml"
+    conf = Path(__file__).resolve().parents[1] / "saeeval" / "conf" / "task" / f"{task}.yaml"
     cfg = OmegaConf.create({"batch_size": 4, "limit": 9, "seed": 5, "task": OmegaConf.load(conf)})
     dm = instantiate(cfg.task)
     assert dm.name == task and (dm.batch_size, dm.limit, dm.seed) == (4, 9, 5)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from test_tasks_answers import word_tokenizer
 
 from saeeval.errors import SaeevalError
 from saeeval.tasks.ioi import IOIDataModule
 from saeeval.tasks.words import generate_ioi, load_words
-from test_tasks_answers import word_tokenizer
 
 
 def built(tok, prepend_bos: bool = True, **kw) -> IOIDataModule:

@@ -7,8 +7,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from conftest import gpt2_tokenizer_obj
+
 from saeeval.errors import SaeevalError
 from saeeval.tasks.toxicity import ToxicityDataModule
 from saeeval.tasks.words import SEED_IDENTITIES, name_adj_rows

@@ -11,15 +11,16 @@ import pytest
 import torch
 from rich.console import Console
 
-from saeeval.catalog import UNRELIABLE_LEGEND, cell, metric
-from saeeval.conditions import Condition
-from saeeval.document import Computed, conditions_entry
+from saeeval.api.results import Results
+from saeeval.engine.computed import Computed
+from saeeval.engine.conditions import Condition
 from saeeval.metrics.lm_loss import KLDivergence, PairedCEDifference
 from saeeval.metrics.stats import UNRELIABLE_Z, ill_conditioned
-from saeeval.report import _conditions_table
-from saeeval.run_results import Results
-from saeeval.runs import Run
-from saeeval.table import results_tables
+from saeeval.publish.html_report import _conditions_table
+from saeeval.publish.runs import Run
+from saeeval.render.catalog import UNRELIABLE_LEGEND, cell, metric
+from saeeval.render.table import results_tables
+from saeeval.results.document import conditions_entry
 
 
 def test_the_threshold_is_half_the_denominator_at_95_percent() -> None:
@@ -104,7 +105,7 @@ def test_table_and_report_mark_flagged_values_and_explain_the_mark(tmp_path) -> 
 
 
 def test_recovered_chart_fades_and_marks_the_unreliable_bar(tmp_path) -> None:
-    from saeeval.charts import recovered_chart
+    from saeeval.render.charts import recovered_chart
 
     run = Run(path=tmp_path, doc=_doc(-0.6, 0.3), rid="r1", color="#1f77b4")
     fig = recovered_chart([run], "t")

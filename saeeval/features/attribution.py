@@ -16,17 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saeeval.saes import sae_hook
-from saeeval.scoring import answer_logit_diff
-from saeeval.splicing import CleanPass, Splicer, encode_decode
-
-
-def answer_rows(final: Tensor, positions: Mapping[str, Tensor], answer_position: str | None, copies: int) -> Tensor:
-    """`[copies·B, 1, d]` rows where the answer is predicted (the last column when `answer_position` is None)."""
-    if answer_position is None:
-        return final[:, -1:]
-    col = positions[answer_position].to(final.device).repeat(copies)
-    return final[torch.arange(col.shape[0], device=final.device), col][:, None]
+from saeeval.engine.scoring import answer_logit_diff, answer_rows
+from saeeval.engine.splicing import CleanPass, Splicer, encode_decode
+from saeeval.hooknames import sae_hook
 
 
 class LatentProbe:

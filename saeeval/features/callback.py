@@ -21,12 +21,12 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from saeeval.features.attribution import LatentProbe, ablation_effects, answer_rows, attribution
+from saeeval.engine.masks import TokenMask
+from saeeval.engine.scoring import answer_logit_diff, answer_rows
+from saeeval.features.attribution import LatentProbe, ablation_effects, attribution
 from saeeval.features.metrics import ExampleRows, FireCounts, GroupedSums, LatentSum
 from saeeval.features.options import FeatureAttribution
 from saeeval.features.summary import SaeStates, faithfulness_ks, summarize
-from saeeval.masks import TokenMask
-from saeeval.scoring import answer_logit_diff
 from saeeval.tasks.base import TaskDataModule
 
 

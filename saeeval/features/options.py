@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
+from saeeval.engine.masks import TokenMask
 from saeeval.errors import SaeevalError
-from saeeval.masks import TokenMask
 
 METHODS = ("atp", "ig")
 BASELINES = ("zero", "mean")

@@ -18,9 +18,10 @@ from rich import box
 from rich.console import Group
 from rich.table import Table
 
-from saeeval.catalog import fmt
-from saeeval.charts import PALETTE
-from saeeval.results import RESULTS_FILE, atomic_write_text, read_results
+from saeeval.render.catalog import fmt
+from saeeval.render.charts import PALETTE
+from saeeval.results.files import atomic_write_text, read_results
+from saeeval.results.schema import RESULTS_FILE
 
 FEATURES_FILE = "features.json"
 HEATMAP_FILE = "features_heatmap.png"

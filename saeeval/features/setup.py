@@ -9,12 +9,12 @@ from typing import Any
 import lightning as L
 from sae_lens import SAE
 
-from saeeval.conditions import Condition
+from saeeval.engine.conditions import Condition
+from saeeval.engine.masks import TokenMask
 from saeeval.errors import SaeevalError
 from saeeval.features.callback import FeatureCallback
 from saeeval.features.options import FeatureAttribution
-from saeeval.masks import TokenMask
-from saeeval.saes import sae_hook
+from saeeval.hooknames import sae_hook
 from saeeval.tasks.base import TaskDataModule
 
 

@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saeeval.document import json_number
 from saeeval.features.metrics import ExampleRows, FireCounts, GroupedSums
 from saeeval.features.options import FeatureAttribution
+from saeeval.results.document import json_number
 
 FEATURES_SCHEMA = 1
 

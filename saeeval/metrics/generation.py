@@ -18,7 +18,7 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 
 COUNTS = ("n", "n_parsed", "n_correct", "n_agree")
 CORRECT, INCORRECT = 0, 1
-"""Parsed answers index the candidates (correct, incorrect); saeeval.tasks.generated.UNPARSED is -1."""
+"""Parsed answers index the candidates (correct, incorrect); saeeval.tasks.answer_parsing.UNPARSED is -1."""
 
 
 class GeneratedLabels(Metric):

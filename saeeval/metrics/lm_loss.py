@@ -5,7 +5,7 @@ selected positions, a chunk of rows at a time, upcast one chunk at a time, so a 
 needs a float32 copy of the whole logits. By default a chunk holds ``CHUNK_ELEMENTS // V`` positions (at least one),
 so peak extra memory is about 3 · 4M · 4 bytes ≈ 48 MiB whatever the vocabulary; ``chunk_size`` fixes the number
 of positions instead; when every position is selected the chunks are views of the logits, not copies.
-The evaluation engine never builds whole logits: saeeval.scoring computes per-position values for all conditions
+The evaluation engine never builds whole logits: saeeval.engine.scoring computes per-position values for all conditions
 a chunk at a time (with ``next_token_targets``, ``CleanRows`` and ``kl_rows`` below) and feeds them with ``add``.
 """
 
@@ -92,7 +92,7 @@ class _MaskedMean(Metric):
 
     def _add(self, values: Tensor, count: int | Tensor | None = None) -> None:
         """``add(values, count)``: per-position ``values`` into Σ and ``count`` (default: all of them) into the count.
-        The chunked scorer (saeeval.scoring) feeds the states this way, with values it computed for several metrics
+        The chunked scorer (saeeval.engine.scoring) feeds the states this way, with values it computed for several metrics
         at once."""
         self.total += values.sum(dtype=_F64).to(self.total.device)
         self.total_sq += values.to(_F64).square().sum().to(self.total.device)
@@ -134,7 +134,7 @@ class CleanRows:
     """The clean next-token distribution on a chunk of positions, computed once and shared by every condition.
 
     ``log_p`` and ``p`` are ``[R, V]`` (float32 or wider); ``lse`` is log Σ exp(logits) per row in float64 (the
-    pull-back KL in saeeval.scoring subtracts two of them, so they must not be rounded to float32).
+    pull-back KL in saeeval.engine.scoring subtracts two of them, so they must not be rounded to float32).
     """
 
     def __init__(self, logits: Tensor, consume: bool = False) -> None:
@@ -188,7 +188,7 @@ class NextTokenCrossEntropy(_MaskedMean):
 
 class PairedCEDifference(_MaskedMean):
     """Mean per-position difference CE_condition − CE_clean over the CE positions, with its standard error: the
-    uncertainty of a ce_loss_score denominator (CE_abl − CE_clean), fed by saeeval.scoring with ``add``.
+    uncertainty of a ce_loss_score denominator (CE_abl − CE_clean), fed by saeeval.engine.scoring with ``add``.
     ``compute()`` → float64 scalar (equals the difference of the two CE means)."""
 
     def update(self, differences: Tensor, count: int | Tensor | None = None) -> None:

@@ -52,7 +52,8 @@ def _not_single(tokenizer: Any, answers: Sequence[str], prompt: str, what: str, 
 def resolve_answer(
     tokenizer: Any, prompt_ids_fn: Encode, prompt: str, answer: str, *, what: str = "answer", fix: str = ""
 ) -> tuple[list[int], int]:
-    """Prompt ids and the single answer token id for `prompt + answer` (DESIGN.md "Label tokens").
+    """Prompt ids and the single answer token id for `prompt + answer` (GPT-2 tokenizes "Label: 1"
+    as ":" + " 1", so a prompt ending in a space would make the answer "1" a different token).
 
     Tokenize prompt+answer; if that is not tokens(prompt) + exactly one token, move the prompt's trailing
     whitespace into the answer and retry; if it still is not, raise a SaeevalError naming `what` and `fix`.

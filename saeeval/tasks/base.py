@@ -20,8 +20,8 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from saeeval.errors import SaeevalError
+from saeeval.tasks.answer_parsing import GenerationOptions
 from saeeval.tasks.answers import tokenizer_name
-from saeeval.tasks.generated import GenerationOptions
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from saeeval.errors import SaeevalError
+from saeeval.tasks.answer_parsing import FIRST_NAME_REGEX, GenerationOptions
 from saeeval.tasks.answers import resolve_answer, resolve_prompt, span_token_positions, tokenizer_name
 from saeeval.tasks.base import TaskDataModule, TaskExample
-from saeeval.tasks.generated import FIRST_NAME_REGEX, GenerationOptions
 from saeeval.tasks.words import IOIPrompt, generate_ioi, load_words
 
 ORDERS = ("BABA", "ABBA")
@@ -25,7 +25,7 @@ class IOIDataModule(TaskDataModule):
 
     `names`: the name pool (default: the 99 Easy-Transformer names); each is checked to be a single token.
     `answer_mode`, `max_new_tokens`, `answer_regex`: also answer by greedy generation, read as the first of the
-    two names the model writes (saeeval.tasks.generated).
+    two names the model writes (saeeval.tasks.answer_parsing).
     """
 
     name = "ioi"

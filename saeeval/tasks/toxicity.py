@@ -19,9 +19,9 @@ from types import MappingProxyType
 from typing import Any
 
 from saeeval.errors import SaeevalError
+from saeeval.tasks.answer_parsing import NOTEBOOK_REGEX, GenerationOptions
 from saeeval.tasks.answers import resolve_prompt, tokenizer_name
 from saeeval.tasks.base import TaskDataModule, TaskExample
-from saeeval.tasks.generated import NOTEBOOK_REGEX, GenerationOptions
 from saeeval.tasks.text import read_utf8
 from saeeval.tasks.words import SEED_IDENTITIES, TOXICITY_LABELS, TOXICITY_TEMPLATE, load_words, name_adj_rows
 
@@ -92,7 +92,7 @@ class ToxicityDataModule(TaskDataModule):
     template; `answer_prefix` is the text the model writes before its answer (a chat model opens its reply with
     "<start_of_turn>model\n", so a template ending at "model" needs "\n" to score the first token of the reply);
     `labels` maps toxic/nontoxic to answer strings. `answer_mode`, `max_new_tokens`, `answer_regex`: also label
-    by greedy generation (saeeval.tasks.generated; default regex: the seed notebook's).
+    by greedy generation (saeeval.tasks.answer_parsing; default regex: the seed notebook's).
     """
 
     name = "toxicity"

@@ -1,0 +1,1 @@
+"""Rendering a results document for people: the metric catalogue, the terminal tables and the charts."""
