@@ -37,7 +37,9 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! comm
 fi
 
 host=$(hostname -s)
-cpus=$(nproc)
+# nproc reads OMP_NUM_THREADS (a 1-thread setting would make a 1-CPU node that can never run a 2-task job): count
+# the CPUs this process may use, without it
+cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
 mem_mb=$(awk '/^MemTotal:/ {print int($2 / 1024) - 1024}' /proc/meminfo)   # leave 1 GiB to the system
 config="# written by scripts/slurm_local.sh: one node, one partition, no accounting
 ClusterName=saeeval-local

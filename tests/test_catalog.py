@@ -10,12 +10,12 @@ from rich.console import Console
 from test_api import plain_model, plain_saes
 
 import saeeval
-from saeeval.render import catalog
 from saeeval.metrics.reconstruction import Reconstruction
 from saeeval.publish.html_report import build_report
 from saeeval.publish.loggers import flat_metrics
 from saeeval.publish.runs import load_runs
 from saeeval.publish.wandb_report import _recon_md
+from saeeval.render import catalog
 from saeeval.render.catalog import Metric, fmt, short_name
 
 HOOK = "blocks.0.hook_resid_post"

@@ -60,3 +60,18 @@ def test_uncached_hub_model_offline_is_one_line(tmp_path):
     env = {**os.environ, "HF_HOME": str(tmp_path / "empty-hf-cache"), "HF_HUB_OFFLINE": "1"}
     outcome = run_subprocess("+task=ioi", "model=gpt2-small", out=tmp_path / "out", env=env)
     outcome.assert_one_line_error("gpt2-small", "not available offline")
+
+
+def test_slurm_launcher_with_an_unreachable_controller_is_one_line(tmp_path, capfd, monkeypatch):
+    """sbatch and sinfo exist but the controller is down: what SLURM's sinfo prints then, as one line."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: Batch job submission failed' >&2\nexit 1\n")
+    (bin_dir / "sinfo").write_text("#!/bin/sh\necho 'slurm_load_partitions: Unable to contact slurm controller "
+                                   "(connect failure)' >&2\nexit 1\n")
+    for tool in ("sbatch", "sinfo"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    outcome = run_inprocess("-m", "+task=ioi", "hydra/launcher=submitit_slurm", out=tmp_path, capfd=capfd)
+    outcome.assert_one_line_error("SLURM controller cannot be reached", "Unable to contact slurm controller",
+                                  "scontrol ping", "hydra/launcher=submitit_local")

@@ -257,7 +257,7 @@ def test_wandb_report_has_the_feature_tables_and_a_panel_over_logged_keys(runs, 
     assert texts.count("Feature attribution") == 2
     tables = [t for t in texts if t.startswith("Latents ranked")]
     top = json.loads((runs["ioi"] / "features.json").read_text())["saes"]["blocks.1.hook_mlp_out"]["top"][0]
-    assert len(tables) == 2 and f"| R1 | blocks.1.hook_mlp_out | " in tables[0] and f"| {top['feature']} |" in tables[0]
+    assert len(tables) == 2 and "| R1 | blocks.1.hook_mlp_out | " in tables[0] and f"| {top['feature']} |" in tables[0]
     logged = set(feature_metrics(runs["ioi"])) | set(feature_metrics(runs["toxicity"]))
     panels = [p for b in report.blocks for p in getattr(b, "panels", []) if "rank correlation" in p.title]
     assert len(panels) == 2 and all(set(p.metrics) <= logged and p.metrics for p in panels)

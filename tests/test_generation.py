@@ -13,7 +13,7 @@ from sae_lens import SAE
 
 import saeeval
 from saeeval.engine.conditions import Condition, build_conditions
-from saeeval.engine.generation import NOT_GENERATED, SpliceAt, stacked_hooks, generated_positions, greedy_generate
+from saeeval.engine.generation import NOT_GENERATED, SpliceAt, generated_positions, greedy_generate, stacked_hooks
 from saeeval.engine.masks import Masks, TokenMask, special_token_ids
 from saeeval.engine.module import SAEEvalModule
 from saeeval.engine.splicing import Splicer

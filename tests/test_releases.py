@@ -186,3 +186,11 @@ def test_a_gpt2_folder_in_the_working_directory_does_not_shadow_the_hub_model(mo
         local = load_model("gpt2", source="folder")
     assert hub.cfg.d_model == 64 and hub.cfg.model_name == "gpt2"  # the cached hub repo, not ./gpt2
     assert local.cfg.d_model == 32  # model=hf_folder model.name=gpt2 is the folder
+
+
+def test_a_release_paired_with_the_zoo_model_names_the_model_it_belongs_to(tmp_path, capfd):
+    from cli_harness import run_inprocess
+
+    outcome = run_inprocess("+task=ioi", "saes=gpt2-small-res-jb", "saes.layers=[5]", out=tmp_path, capfd=capfd)
+    outcome.assert_one_line_error("SAE release 'gpt2-small-res-jb' belongs to gpt2-small, not to model 'tiny'",
+                                  "model=gpt2-small", "saes=tiny")

@@ -92,7 +92,7 @@ class Results:
     def save(self, folder: str | Path) -> Path:
         """Write features.json (if any), samples.jsonl and results.json into `folder` (the CLI's files; results.json
         last, it marks the run complete); returns results.json's path."""
-        from saeeval.features.outputs import remove_features, write_features
+        from saeeval.features.files import remove_features, write_features
 
         if self.features is not None:
             write_features(Path(folder), self.features)
@@ -102,7 +102,7 @@ class Results:
 
     def feature_table(self) -> Group:
         """The rich tables of the top latents per SAE (empty without features); print with `rich.print`."""
-        from saeeval.features.outputs import features_tables
+        from saeeval.features.display import features_tables
 
         return features_tables(self.features or {})
 
@@ -110,7 +110,8 @@ class Results:
         """The feature heat-map and faithfulness charts (file name -> Figure; empty without features)."""
         if not self.features:
             return {}
-        from saeeval.features.outputs import FAITHFULNESS_FILE, HEATMAP_FILE, faithfulness_figure, heatmap_figure
+        from saeeval.features.display import faithfulness_figure, heatmap_figure
+        from saeeval.features.files import FAITHFULNESS_FILE, HEATMAP_FILE
 
         figs = {HEATMAP_FILE: heatmap_figure(self.features),
                 FAITHFULNESS_FILE: faithfulness_figure([("", self.features)])}
@@ -126,7 +127,7 @@ class Results:
         if samples_path.is_file():
             lines = samples_path.read_text(encoding="utf-8").splitlines()
             samples = [json.loads(line) for line in lines if line.strip()]
-        from saeeval.features.outputs import read_features
+        from saeeval.features.files import read_features
 
         return cls(doc, samples, read_features(path, doc.get("config_hash")))
 

@@ -4,6 +4,7 @@ so a missing piece is one line within seconds instead of a failure deep inside L
 from __future__ import annotations
 
 import shutil
+import subprocess
 from collections.abc import Sequence
 
 from omegaconf import DictConfig
@@ -12,14 +13,33 @@ from saeeval.cli.resolvers import GPU_ACCELERATORS
 from saeeval.errors import SaeevalError
 
 
+SLURM_ANSWER_S = 20
+"""How long the controller may take to answer `sinfo` before the sweep is refused (it retries for a while)."""
+
+
 def check_launcher(argv: Sequence[str]) -> None:
-    """A SLURM sweep needs SLURM's `sbatch` (submitit calls it to submit each job)."""
+    """A SLURM sweep needs SLURM's `sbatch` (submitit calls it to submit each job) and a controller that answers:
+    otherwise submitit fails on the first submission with a traceback."""
     multirun = any(a in ("-m", "--multirun") for a in argv)
-    if multirun and "hydra/launcher=submitit_slurm" in argv and shutil.which("sbatch") is None:
+    if not (multirun and "hydra/launcher=submitit_slurm" in argv):
+        return
+    if shutil.which("sbatch") is None:
         raise SaeevalError(
             "hydra/launcher=submitit_slurm needs SLURM, but sbatch is not on PATH: run from a SLURM login node, "
             "or sweep on this machine with hydra/launcher=submitit_local (or the default launcher)"
         )
+    sinfo = shutil.which("sinfo")
+    if sinfo is None:
+        return  # nothing to ask; sbatch itself will tell
+    fix = ("check that slurmctld runs and this node's slurm.conf names it (`scontrol ping`), or sweep on this machine "
+           "with hydra/launcher=submitit_local")
+    try:
+        proc = subprocess.run([sinfo, "-h", "-o", "%P"], capture_output=True, text=True, timeout=SLURM_ANSWER_S)
+    except subprocess.TimeoutExpired:
+        raise SaeevalError(f"the SLURM controller did not answer sinfo within {SLURM_ANSWER_S} s: {fix}") from None
+    if proc.returncode != 0:
+        said = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[0]
+        raise SaeevalError(f"the SLURM controller cannot be reached ({said}): {fix}")
 
 
 def check_devices(cfg: DictConfig) -> None:

@@ -21,7 +21,7 @@ from rich.console import Console
 from saeeval.api.evaluate import build, quiet_lightning, run_evaluation
 from saeeval.api.results import Results
 from saeeval.errors import SaeevalError
-from saeeval.features.outputs import FEATURES_FILE
+from saeeval.features.files import FEATURES_FILE
 from saeeval.features.setup import trainer_kwargs
 from saeeval.render.charts import CHART_FILE, save_figure
 from saeeval.render.table import print_results

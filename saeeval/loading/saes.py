@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import warnings
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import torch
 from sae_lens import SAE, HookedSAETransformer
 from sae_lens.loading.pretrained_saes_directory import get_config_overrides, get_pretrained_saes_directory
 from sae_lens.util import dtype_to_str
+from transformer_lens.loading_from_pretrained import get_official_model_name
 
 from saeeval.engine.spliceable import check_spliceable, model_device
 from saeeval.errors import SaeevalError, first_line
@@ -173,6 +175,33 @@ def _check_release(release: str | None, sae_ids: list[str]) -> None:
                                f"{len(valid)} in all)")
 
 
+def _base_model(name: str) -> str | None:
+    """TransformerLens's official name without an instruction-tuning suffix (pretrained-model SAEs are used on
+    the -it variant too); None for a name TransformerLens does not know (a local model: nothing to compare)."""
+    try:
+        return get_official_model_name(name).removesuffix("-it")
+    except ValueError:
+        return None
+
+
+def _check_release_model(release: str | None, model: HookedSAETransformer) -> None:
+    """Refuse a release trained on another model than `model` (sae_lens's registry names its model): a bundled zoo
+    model, or a TransformerLens model of another name. A model saeeval cannot name (a local folder) is let through."""
+    entry = get_pretrained_saes_directory().get(release or "")
+    if entry is None:
+        return
+    trained_on, name = entry.model, model.cfg.model_name
+    ours = name in available_zoo_models()
+    if not ours and (_base_model(name) is None or _base_model(name) == _base_model(trained_on)):
+        return
+    preset = resources.files("saeeval.conf").joinpath("model", f"{trained_on}.yaml").is_file()
+    choose = f"model={trained_on}" if preset else f"model.name={trained_on}"
+    raise SaeevalError(
+        f"SAE release '{release}' belongs to {trained_on}, not to model '{name}': load {trained_on} ({choose} on the "
+        f"command line), or choose SAEs trained on '{name}'" + (f" (saes={name})" if ours else "")
+    )
+
+
 def _load_release(
     release: str | None, sae_ids: list[str], device: torch.device, dtype: torch.dtype,
     model: HookedSAETransformer | None,
@@ -180,6 +209,8 @@ def _load_release(
     """`SAE.from_pretrained` per id, from the cache when the hub is unreachable; the processing check (when
     `model` is given) runs on the registry's record first, so a mismatch fails before any download."""
     _check_release(release, sae_ids)
+    if model is not None:
+        _check_release_model(release, model)
     if model is not None and release in get_pretrained_saes_directory():
         for sae_id in sae_ids:
             required = get_config_overrides(release, sae_id).get("model_from_pretrained_kwargs")

@@ -20,11 +20,12 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from saeeval._version import __version__
-from saeeval.features.outputs import TOP_HEAD, faithfulness_figure, heatmap_figure, read_features, top_rows
+from saeeval.features.display import TOP_HEAD, faithfulness_figure, heatmap_figure, top_rows
+from saeeval.features.files import read_features
 from saeeval.publish.runs import Run, by_task, load_runs
 from saeeval.render import charts
 from saeeval.render.catalog import UNRELIABLE_LEGEND, any_flagged, cell, flagged, fmt, metrics, present, reconstructions
-from saeeval.results.files import atomic_write_text
+from saeeval.results.files import atomic_write_bytes, atomic_write_text
 
 
 def _table(head: Sequence[str], rows: Sequence[Sequence[Any]], numeric_from: int = 1) -> str:
@@ -60,7 +61,7 @@ class _Page:
         buf = io.BytesIO()
         charts.save_figure(fig, buf)
         png = buf.getvalue()
-        (self.files_dir / f"{name}.png").write_bytes(png)
+        atomic_write_bytes(self.files_dir / f"{name}.png", png)
         self.n_images += 1
         src = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
         self.add(f'<figure><img src="{src}" alt="{html.escape(caption)}" data-chart="{html.escape(name)}">'

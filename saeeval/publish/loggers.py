@@ -15,14 +15,14 @@ from typing import Any
 from lightning.pytorch.loggers import Logger, WandbLogger
 
 from saeeval.errors import SaeevalError, first_line
-from saeeval.features.outputs import FAITHFULNESS_FILE, HEATMAP_FILE, read_features
+from saeeval.features.files import FAITHFULNESS_FILE, HEATMAP_FILE, read_features
+from saeeval.publish.metric_keys import condition_key, feature_key, reconstruction_key, section_key
 from saeeval.render.catalog import as_number
 from saeeval.render.charts import CHART_FILE
 from saeeval.results.schema import NAN, SAMPLES_FILE
 
 SAMPLES_KEY = "samples"
 CHART_KEY = "logit_diff_chart"
-FEATURES_KEY = "features"  # `features/<sae>`: a table of its top latents (features=attribution runs)
 FEATURE_COLUMNS = ["feature", "attribution", "attribution_ci_low", "attribution_ci_high", "ablation_effect",
                    "ablation_effect_ci_low", "ablation_effect_ci_high", "fire_rate"]
 
@@ -59,19 +59,19 @@ def flat_metrics(doc: Mapping[str, Any]) -> dict[str, float]:
         for group in ("task", "lm", "generation"):
             for k, v in (c.get(group) or {}).items():
                 if _is_number(v):
-                    out[f"{cond}/{group}/{k}"] = as_number(v)
+                    out[condition_key(cond, group, k)] = as_number(v)
         for hook, r in (c.get("reconstruction") or {}).items():
             for k, v in r.items():
                 if _is_number(v):
-                    out[f"{cond}/reconstruction/{hook}/{k}"] = as_number(v)
+                    out[reconstruction_key(cond, hook, k)] = as_number(v)
     for section in ("slices", "gaps"):
         for part, per_cond in (doc.get(section) or {}).items():
             for cond, stats in per_cond.items():
                 for k, v in stats.items():
                     if _is_number(v):
-                        out[f"{section}/{part}/{cond}/{k}"] = as_number(v)
+                        out[section_key(section, part, cond, k)] = as_number(v)
                     elif isinstance(v, Mapping):  # a slice's generation block
-                        out.update({f"{section}/{part}/{cond}/{k}/{g}": x for g, x in v.items() if _is_number(x)})
+                        out.update({section_key(section, part, cond, f"{k}/{g}"): x for g, x in v.items() if _is_number(x)})
     return out
 
 
@@ -113,14 +113,14 @@ def feature_metrics(out_dir: Path) -> dict[str, float]:
         values = {"rank_correlation": s.get("rank_correlation"),
                   "top_ablation_effect": s["top"][0]["ablation_effect"] if s.get("top") else None,
                   **{f"fraction_kept@{p['k']}": p.get("fraction_kept") for p in s.get("faithfulness", [])}}
-        out.update({f"{FEATURES_KEY}/{name}/{k}": v for k, v in values.items() if _is_number(v)})
+        out.update({feature_key(name, k): v for k, v in values.items() if _is_number(v)})
     return out
 
 
 def feature_tables(out_dir: Path) -> dict[str, tuple[list[str], list[list[Any]]]]:
     """`features/<sae>` -> (FEATURE_COLUMNS, one row per top latent) from the run's features.json."""
     doc = read_features(out_dir) or {}
-    return {f"{FEATURES_KEY}/{name}": (FEATURE_COLUMNS, [
+    return {feature_key(name): (FEATURE_COLUMNS, [
         [t["feature"], t["attribution"], *t["attribution_ci"], t["ablation_effect"], *t["ablation_effect_ci"],
          t["fire_rate"]] for t in s["top"]]) for name, s in doc.get("saes", {}).items()}
 

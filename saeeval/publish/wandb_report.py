@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from saeeval.errors import SaeevalError, first_line
-from saeeval.features.outputs import TOP_HEAD, read_features, top_rows
-from saeeval.publish.loggers import FEATURES_KEY
+from saeeval.features.display import TOP_HEAD, top_rows
+from saeeval.features.files import read_features
+from saeeval.publish.metric_keys import condition_key, feature_key, reconstruction_key, section_key
 from saeeval.publish.runs import Run, by_task
 from saeeval.render.catalog import fmt, metrics, present, reconstructions
 from saeeval.render.charts import conditions_of, identity_slices
@@ -106,23 +107,23 @@ def _panels(wr: Any, runs: Sequence[Run], task: str) -> list[Any]:
     panels: list[Any] = []
     if ld := having("task", "logit_diff"):
         panels.append(wr.BarPlot(title=f"{task}: logit diff per condition",
-                                 metrics=[f"{c}/task/logit_diff" for c in ld]))
+                                 metrics=[condition_key(c, "task", "logit_diff") for c in ld]))
     if rec := having("task", "logit_diff_recovered"):
         panels.append(wr.BarPlot(title=f"{task}: logit diff recovered",
-                                 metrics=[f"{c}/task/logit_diff_recovered" for c in rec]))
+                                 metrics=[condition_key(c, "task", "logit_diff_recovered") for c in rec]))
     if ce := having("lm", "ce_loss_delta"):
-        panels.append(wr.BarPlot(title=f"{task}: CE loss delta", metrics=[f"{c}/lm/ce_loss_delta" for c in ce]))
+        panels.append(wr.BarPlot(title=f"{task}: CE loss delta", metrics=[condition_key(c, "lm", "ce_loss_delta") for c in ce]))
     scatters = [(c, hooks[0]) for c in ce if len(hooks := _hooks(runs, c)) == 1]
     for cond, hook in scatters[:_MAX_SCATTERS]:
-        panels.append(wr.ScatterPlot(title=f"{cond}: CE loss delta against L0", x=f"{cond}/reconstruction/{hook}/l0",
-                                     y=f"{cond}/lm/ce_loss_delta"))
+        panels.append(wr.ScatterPlot(title=f"{cond}: CE loss delta against L0", x=reconstruction_key(cond, hook, "l0"),
+                                     y=condition_key(cond, "lm", "ce_loss_delta")))
     sae_names = list(dict.fromkeys(n for r in runs for n in ((read_features(r.path) or {}).get("saes") or {})))
     if sae_names:
         panels.append(wr.BarPlot(title=f"{task}: rank correlation of attribution and exact ablation effect",
-                                 metrics=[f"{FEATURES_KEY}/{n}/rank_correlation" for n in sae_names]))
+                                 metrics=[feature_key(n, "rank_correlation") for n in sae_names]))
     for sl in identity_slices(runs):
         panels.append(wr.BarPlot(title=f"{task}: accuracy on {sl}",
-                                 metrics=[f"slices/{sl}/{c}/accuracy" for c in conds
+                                 metrics=[section_key("slices", sl, c, "accuracy") for c in conds
                                           if any(c in (r.doc.get("slices") or {}).get(sl, {}) for r in runs)]))
     return panels
 
