@@ -21,7 +21,7 @@ import torch
 from sae_lens import SAE
 
 from saeeval.engine.conditions import build_conditions
-from saeeval.engine.generation import SpliceAt, stacked_hooks, generated_positions, greedy_generate
+from saeeval.engine.generation import SpliceAt, generated_positions, greedy_generate, stacked_hooks
 from saeeval.engine.masks import Masks, special_token_ids
 from saeeval.engine.module import SAEEvalModule
 from saeeval.loading.models import default_zoo_root, load_model
@@ -49,8 +49,17 @@ def bench(task_name: str, max_new_tokens: int | None) -> str:
     masks = Masks()
 
     def module(generation):
-        return SAEEvalModule(model, saes, conditions, masks, special, True, len(task.groups),
-                             answer_position=task.answer_position, generation=generation)
+        return SAEEvalModule(
+            model,
+            saes,
+            conditions,
+            masks,
+            special,
+            True,
+            len(task.groups),
+            answer_position=task.answer_position,
+            generation=generation,
+        )
 
     plain, generating = module(None), module(task.generation)
     batches = list(task.make_dataloader())
@@ -59,7 +68,9 @@ def bench(task_name: str, max_new_tokens: int | None) -> str:
     def generate_all() -> None:
         for b in batches:
             m = masks(b["tokens"], b["attention_mask"], b["positions"], special)
-            generating._generate(b, SpliceAt(m.splice, m.ablate), {k: torch.zeros(len(b["tokens"])) for k in range(1 + len(conditions))})
+            generating._generate(
+                b, SpliceAt(m.splice, m.ablate), {k: torch.zeros(len(b["tokens"])) for k in range(1 + len(conditions))}
+            )
 
     gen = cpu_seconds(generate_all)
     n_tokens = task.generation.max_new_tokens
@@ -69,15 +80,25 @@ def bench(task_name: str, max_new_tokens: int | None) -> str:
         for b in batches:
             m = masks(b["tokens"], b["attention_mask"], b["positions"], special)
             for cond in [None, *conditions]:
-                greedy_generate(model, b["tokens"], b["attention_mask"], n_tokens, SpliceAt(m.splice, m.ablate),
-                                step_at, stacked_hooks(generating.splicer, [cond], None), None)
+                greedy_generate(
+                    model,
+                    b["tokens"],
+                    b["attention_mask"],
+                    n_tokens,
+                    SpliceAt(m.splice, m.ablate),
+                    step_at,
+                    stacked_hooks(generating.splicer, [cond], None),
+                    None,
+                )
 
     full = cpu_seconds(no_early_stop)
     n, k = len(task.examples), 1 + len(conditions)
     per_token = full / (n * k * n_tokens) * 1e3
-    return (f"{task_name}: {n} examples x {k} conditions, max_new_tokens={n_tokens}: logit_diff {ld:.1f} s, "
-            f"generate {gen:.1f} s ({gen / ld:.2f}x), no early stop {full:.1f} s ({per_token:.2f} ms per example, "
-            f"condition and token)")
+    return (
+        f"{task_name}: {n} examples x {k} conditions, max_new_tokens={n_tokens}: logit_diff {ld:.1f} s, "
+        f"generate {gen:.1f} s ({gen / ld:.2f}x), no early stop {full:.1f} s ({per_token:.2f} ms per example, "
+        f"condition and token)"
+    )
 
 
 def main() -> None:

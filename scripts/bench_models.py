@@ -17,8 +17,19 @@ from transformer_lens import HookedTransformerConfig
 from transformer_lens import loading_from_pretrained as tl_loading
 
 BOS = 0
-COMPARED = ("ce_loss_without_sae", "ce_loss_with_sae", "ce_loss_with_ablation", "kl_div_with_sae",
-            "kl_div_with_ablation", "explained_variance", "mse", "l0", "l1", "cossim", "l2_ratio")
+COMPARED = (
+    "ce_loss_without_sae",
+    "ce_loss_with_sae",
+    "ce_loss_with_ablation",
+    "kl_div_with_sae",
+    "kl_div_with_ablation",
+    "explained_variance",
+    "mse",
+    "l0",
+    "l1",
+    "cossim",
+    "l2_ratio",
+)
 """sae_lens run_evals keys the benchmark compares (its names; SAEBench reports the same ones); the derived ce/kl
 scores follow from them."""
 
@@ -41,24 +52,69 @@ class Setup:
 
 
 FULL = Setup(
-    n_layers=12, d_model=256, n_heads=4, d_vocab=5000, d_sae=1024, batch=8, seq=128, n_batches=2,
-    hooks=("blocks.0.hook_resid_post", "blocks.2.attn.hook_z", "blocks.4.hook_resid_post", "blocks.4.hook_resid_post",
-           "blocks.6.hook_mlp_out", "blocks.8.hook_resid_post", "blocks.10.hook_resid_pre", "blocks.11.hook_resid_post"),
+    n_layers=12,
+    d_model=256,
+    n_heads=4,
+    d_vocab=5000,
+    d_sae=1024,
+    batch=8,
+    seq=128,
+    n_batches=2,
+    hooks=(
+        "blocks.0.hook_resid_post",
+        "blocks.2.attn.hook_z",
+        "blocks.4.hook_resid_post",
+        "blocks.4.hook_resid_post",
+        "blocks.6.hook_mlp_out",
+        "blocks.8.hook_resid_post",
+        "blocks.10.hook_resid_pre",
+        "blocks.11.hook_resid_post",
+    ),
 )
 TINY = Setup(
-    n_layers=2, d_model=32, n_heads=4, d_vocab=97, d_sae=64, batch=2, seq=12, n_batches=2,
-    hooks=("blocks.0.hook_resid_pre", "blocks.0.attn.hook_z", "blocks.0.hook_resid_post", "blocks.0.hook_resid_post",
-           "blocks.0.hook_mlp_out", "blocks.1.attn.hook_z", "blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"),
+    n_layers=2,
+    d_model=32,
+    n_heads=4,
+    d_vocab=97,
+    d_sae=64,
+    batch=2,
+    seq=12,
+    n_batches=2,
+    hooks=(
+        "blocks.0.hook_resid_pre",
+        "blocks.0.attn.hook_z",
+        "blocks.0.hook_resid_post",
+        "blocks.0.hook_resid_post",
+        "blocks.0.hook_mlp_out",
+        "blocks.1.attn.hook_z",
+        "blocks.1.hook_resid_pre",
+        "blocks.1.hook_resid_post",
+    ),
 )
 
 
 GPT2_SMALL = Setup(
-    n_layers=12, d_model=768, n_heads=12, d_vocab=50257, d_sae=24576, batch=4, seq=64, n_batches=1,
+    n_layers=12,
+    d_model=768,
+    n_heads=12,
+    d_vocab=50257,
+    d_sae=24576,
+    batch=4,
+    seq=64,
+    n_batches=1,
     hooks=tuple(f"blocks.{layer}.hook_resid_pre" for layer in range(12)),
 )
 GEMMA_NARROW = Setup(
-    n_layers=2, d_model=2304, n_heads=8, d_vocab=256_000, d_sae=16384, batch=8, seq=12, n_batches=1,
-    hooks=("blocks.0.hook_resid_post", "blocks.1.hook_resid_post"), kind="gemma-2-2b",
+    n_layers=2,
+    d_model=2304,
+    n_heads=8,
+    d_vocab=256_000,
+    d_sae=16384,
+    batch=8,
+    seq=12,
+    n_batches=1,
+    hooks=("blocks.0.hook_resid_post", "blocks.1.hook_resid_post"),
+    kind="gemma-2-2b",
 )
 SHAPES = {"dev": FULL, "gpt2-small": GPT2_SMALL, "gemma-2-2b-narrow": GEMMA_NARROW, "tiny": TINY}
 
@@ -70,12 +126,25 @@ def make_model(s: Setup) -> HookedSAETransformer:
         # causal-mask buffers are n_ctx² per layer (8192² would be 64 MiB each).
         gemma = tl_loading.convert_hf_model_config("google/gemma-2-2b")
         gemma.pop("tokenizer_name", None)
-        gemma.update(n_layers=s.n_layers, attn_types=gemma["attn_types"][: s.n_layers], n_ctx=max(s.seq, 16),
-                     device="cpu", dtype=torch.float32, seed=0)
+        gemma.update(
+            n_layers=s.n_layers,
+            attn_types=gemma["attn_types"][: s.n_layers],
+            n_ctx=max(s.seq, 16),
+            device="cpu",
+            dtype=torch.float32,
+            seed=0,
+        )
         return HookedSAETransformer(HookedTransformerConfig(**gemma)).eval()
     cfg = HookedTransformerConfig(
-        n_layers=s.n_layers, d_model=s.d_model, n_heads=s.n_heads, d_head=s.d_model // s.n_heads,
-        d_mlp=4 * s.d_model, d_vocab=s.d_vocab, n_ctx=max(s.seq, 16), act_fn="gelu_new", normalization_type="LN",
+        n_layers=s.n_layers,
+        d_model=s.d_model,
+        n_heads=s.n_heads,
+        d_head=s.d_model // s.n_heads,
+        d_mlp=4 * s.d_model,
+        d_vocab=s.d_vocab,
+        n_ctx=max(s.seq, 16),
+        act_fn="gelu_new",
+        normalization_type="LN",
         seed=0,
     )
     return HookedSAETransformer(cfg).eval()
@@ -101,8 +170,9 @@ def make_sae(hook: str, x: torch.Tensor, d_sae: int, seed: int, l0: float = 0.04
     """
     gen = torch.Generator().manual_seed(seed)
     reshape = "hook_z" if hook.endswith("hook_z") else "none"
-    cfg = StandardSAEConfig(d_in=x.shape[1], d_sae=d_sae, metadata=SAEMetadata(hook_name=hook),
-                            reshape_activations=reshape)
+    cfg = StandardSAEConfig(
+        d_in=x.shape[1], d_sae=d_sae, metadata=SAEMetadata(hook_name=hook), reshape_activations=reshape
+    )
     sae = StandardSAE(cfg)
     centred = x - x.mean(0)
     pcs = torch.linalg.svd(centred, full_matrices=False).Vh

@@ -27,7 +27,8 @@ from bench_models import COMPARED, FixedTokens, Setup, make_batches, make_model,
 SAEBENCH_COMPARED = tuple(k for k in COMPARED if k != "explained_variance")
 """Every metric of bench.py's comparison but explained variance (see the module docstring)."""
 OWN = ("mse", "explained_variance", "explained_variance_legacy", "relative_reconstruction_bias", "l1")
-"""SAEBench's batch-dependent definitions, as it reports them: saeeval's `compat=saebench` gives them as `<key>_saebench`."""
+"""SAEBench's batch-dependent definitions, as it reports them: saeeval's `compat=saebench` gives them as
+`<key>_saebench`."""
 
 
 def sae_lens_5_fields(sae: Any) -> None:
@@ -54,9 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     saes = make_saes(model, s)
     batches = make_batches(s, seed=2)
     config = CoreEvalConfig(
-        batch_size_prompts=s.batch, n_eval_reconstruction_batches=s.n_batches,
-        n_eval_sparsity_variance_batches=s.n_batches, context_size=s.seq, compute_kl=True, compute_ce_loss=True,
-        compute_l2_norms=True, compute_sparsity_metrics=True, compute_variance_metrics=True,
+        batch_size_prompts=s.batch,
+        n_eval_reconstruction_batches=s.n_batches,
+        n_eval_sparsity_variance_batches=s.n_batches,
+        context_size=s.seq,
+        compute_kl=True,
+        compute_ce_loss=True,
+        compute_l2_norms=True,
+        compute_sparsity_metrics=True,
+        compute_variance_metrics=True,
         compute_featurewise_density_statistics=True,
     )
     for sae in saes.values():

@@ -51,10 +51,20 @@ SAE_ARCH = {  # hook -> sae_lens architecture
     "blocks.1.attn.hook_z": "standard",
 }
 FILLER_FRAMES = (
-    "{n} went to the {p}.", "{n} saw a {o} at the {p}.", "The {o} was in the {p}.", "{n} and {m} walked to the {p}.",
-    "{n} likes the {o}.", "It was a {a} day at the {p}.", "{n} bought a {o} and a {q}.", "We met {n} near the {p}.",
-    "She found the {o} in the {p}.", "He said that the {p} was {a}.", "They talked about the {o} all day.",
-    "The {p} is {a} today.", "{n} waited for {m} at the {p}.", "My friend {n} lost a {o} at home.",
+    "{n} went to the {p}.",
+    "{n} saw a {o} at the {p}.",
+    "The {o} was in the {p}.",
+    "{n} and {m} walked to the {p}.",
+    "{n} likes the {o}.",
+    "It was a {a} day at the {p}.",
+    "{n} bought a {o} and a {q}.",
+    "We met {n} near the {p}.",
+    "She found the {o} in the {p}.",
+    "He said that the {p} was {a}.",
+    "They talked about the {o} all day.",
+    "The {p} is {a} today.",
+    "{n} waited for {m} at the {p}.",
+    "My friend {n} lost a {o} at home.",
 )
 FILLER_ADJ = ("big", "small", "quiet", "busy", "new", "cold", "warm", "empty", "full", "bright")
 
@@ -79,8 +89,19 @@ class Budget:
     threads: int = 1  # 2 threads ran 17-100x slower on the shared 2-core box (OpenMP waits on a busy core)
 
 
-FAST = Budget(n_ioi=600, n_tox=600, n_filler=300, model_steps=20, batch=32, sae_seqs=100, sae_steps=10,
-              sae_batch=256, d_sae=64, n_eval=40, n_corpus=10)
+FAST = Budget(
+    n_ioi=600,
+    n_tox=600,
+    n_filler=300,
+    model_steps=20,
+    batch=32,
+    sae_seqs=100,
+    sae_steps=10,
+    sae_batch=256,
+    d_sae=64,
+    n_eval=40,
+    n_corpus=10,
+)
 
 
 @dataclass(frozen=True)
@@ -113,8 +134,14 @@ def tox_items(rng: random.Random, rows: list[dict[str, str]], n: int) -> list[tu
     """`n` toxicity (prompt, correct label, incorrect label) drawn from `rows`."""
     other = {"toxic": "nontoxic", "nontoxic": "toxic"}
     picked = [rng.choice(rows) for _ in range(n)]
-    return [(TOXICITY_TEMPLATE.format(phrase=r["phrase"]), TOXICITY_LABELS[r["toxicity"]],
-             TOXICITY_LABELS[other[r["toxicity"]]]) for r in picked]
+    return [
+        (
+            TOXICITY_TEMPLATE.format(phrase=r["phrase"]),
+            TOXICITY_LABELS[r["toxicity"]],
+            TOXICITY_LABELS[other[r["toxicity"]]],
+        )
+        for r in picked
+    ]
 
 
 def filler_lines(rng: random.Random, n: int) -> list[str]:
@@ -126,8 +153,11 @@ def filler_lines(rng: random.Random, n: int) -> list[str]:
         for _ in range(2):
             m, k = rng.sample(ioi["names"], 2)
             o, q = rng.sample(ioi["objects"], 2)
-            sents.append(rng.choice(FILLER_FRAMES).format(n=m, m=k, p=rng.choice(ioi["places"]), o=o, q=q,
-                                                          a=rng.choice(FILLER_ADJ)))
+            sents.append(
+                rng.choice(FILLER_FRAMES).format(
+                    n=m, m=k, p=rng.choice(ioi["places"]), o=o, q=q, a=rng.choice(FILLER_ADJ)
+                )
+            )
         out.append(" ".join(sents))
     return out
 
@@ -136,7 +166,7 @@ def make_split(seed: int, b: Budget) -> Split:
     """Hold out 10% of IOI name pairs and 10% of (adjective, identity) pairs per label; never iterate sets."""
     rng = random.Random(seed)
     names = load_words("ioi")["names"]
-    pairs = [(x, y) for i, x in enumerate(names) for y in names[i + 1:]]
+    pairs = [(x, y) for i, x in enumerate(names) for y in names[i + 1 :]]
     rng.shuffle(pairs)
     n_hold = len(pairs) // 10
     ioi_held, ioi_train = pairs[:n_hold], pairs[n_hold:]
@@ -161,8 +191,11 @@ def make_split(seed: int, b: Budget) -> Split:
     seen = set(fill_tr)
     fresh = [f for f in filler_lines(rng, 4 * b.n_corpus) if f not in seen][: b.n_corpus]
     # one text per line: the toxicity prompt's newlines become spaces (the word tokenizer drops both alike)
-    corpus = ([f"{p} {c}" for p, c, _ in ioi_items(rng, ioi_held, b.n_corpus)]
-              + [(p + c).replace("\n", " ") for p, c, _ in tox_items(rng, tox_held, b.n_corpus)] + fresh)
+    corpus = (
+        [f"{p} {c}" for p, c, _ in ioi_items(rng, ioi_held, b.n_corpus)]
+        + [(p + c).replace("\n", " ") for p, c, _ in tox_items(rng, tox_held, b.n_corpus)]
+        + fresh
+    )
     return Split([train[i] for i in order], [is_task[i] for i in order], ioi_ev, tox_ev, corpus)
 
 
@@ -178,8 +211,9 @@ def build_tokenizer(out_dir: Path) -> PreTrainedTokenizerFast:
     tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(list(SPECIALS) + words)}, unk_token="<unk>"))
     tk.pre_tokenizer = pre
     tk.add_special_tokens(list(SPECIALS))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-                                   unk_token="<unk>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
     fast.save_pretrained(out_dir)
     cfg_path = out_dir / "tokenizer_config.json"  # v5 writes "TokenizersBackend", which transformers 4.x lacks
     tok_cfg = json.loads(cfg_path.read_text())
@@ -205,12 +239,25 @@ def encode_corpus(tok: PreTrainedTokenizerFast, texts: list[str], eos: bool) -> 
 
 def model_config(d_vocab: int, seed: int) -> dict[str, Any]:
     """HookedTransformerConfig kwargs, written verbatim to model/config.json."""
-    return dict(model_name="tiny", n_layers=2, d_model=64, n_heads=4, d_head=16, d_mlp=256, d_vocab=d_vocab,
-                n_ctx=N_CTX, act_fn="gelu", normalization_type="LN", default_prepend_bos=True, seed=seed)
+    return dict(
+        model_name="tiny",
+        n_layers=2,
+        d_model=64,
+        n_heads=4,
+        d_head=16,
+        d_mlp=256,
+        d_vocab=d_vocab,
+        n_ctx=N_CTX,
+        act_fn="gelu",
+        normalization_type="LN",
+        default_prepend_bos=True,
+        seed=seed,
+    )
 
 
-def train_model(model: HookedSAETransformer, toks: torch.Tensor, is_task: list[bool], b: Budget, pad: int,
-                seed: int) -> list[float]:
+def train_model(
+    model: HookedSAETransformer, toks: torch.Tensor, is_task: list[bool], b: Budget, pad: int, seed: int
+) -> list[float]:
     """Next-token loss with the answer (last word of each task text) upweighted; returns mean loss per 5% of steps."""
     real = toks != pad
     weight = real[:, 1:].float()
@@ -220,7 +267,8 @@ def train_model(model: HookedSAETransformer, toks: torch.Tensor, is_task: list[b
     opt = torch.optim.AdamW(model.parameters(), lr=b.lr, weight_decay=0.01)
     warm = max(1, b.model_steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * max(0.05, 1 - s / b.model_steps))
+        opt, lambda s: min(1.0, (s + 1) / warm) * max(0.05, 1 - s / b.model_steps)
+    )
     gen = torch.Generator().manual_seed(seed)
     lengths = real.sum(1)
     batches: list[torch.Tensor] = []
@@ -230,7 +278,7 @@ def train_model(model: HookedSAETransformer, toks: torch.Tensor, is_task: list[b
         if not batches:  # new epoch: shuffle, group similar lengths (less padding), shuffle the batches
             perm = torch.randperm(len(toks), generator=gen)
             perm = perm[torch.sort(lengths[perm], stable=True).indices]
-            batches = [perm[i: i + b.batch] for i in range(0, len(perm) - b.batch + 1, b.batch)]
+            batches = [perm[i : i + b.batch] for i in range(0, len(perm) - b.batch + 1, b.batch)]
             batches = [batches[i] for i in torch.randperm(len(batches), generator=gen)]
         idx = batches.pop()
         width = int(lengths[idx].max())
@@ -259,11 +307,11 @@ def answer_scores(model: HookedSAETransformer, items: list[tuple[str, str, str]]
     last = (toks != tok.pad_token_id).sum(1) - 1
     diffs = []
     for i in range(0, len(items), 256):
-        logits = model(toks[i: i + 256])
+        logits = model(toks[i : i + 256])
         rows = torch.arange(logits.shape[0])
-        lg = logits[rows, last[i: i + 256]]
-        good = torch.tensor(tok.convert_tokens_to_ids([c for _, c, _ in items[i: i + 256]]))
-        bad = torch.tensor(tok.convert_tokens_to_ids([x for _, _, x in items[i: i + 256]]))
+        lg = logits[rows, last[i : i + 256]]
+        good = torch.tensor(tok.convert_tokens_to_ids([c for _, c, _ in items[i : i + 256]]))
+        bad = torch.tensor(tok.convert_tokens_to_ids([x for _, _, x in items[i : i + 256]]))
         diffs.append(lg[rows, good] - lg[rows, bad])
     d = torch.cat(diffs)
     return {"n": len(items), "accuracy": (d > 0).float().mean().item(), "logit_diff": d.mean().item()}
@@ -290,9 +338,9 @@ def hook_acts(model: HookedSAETransformer, toks: torch.Tensor, hooks: list[str])
     m = real_mask(model.tokenizer, toks)
     out: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
     for i in range(0, len(toks), 256):
-        _, cache = model.run_with_cache(toks[i: i + 256], names_filter=hooks)
+        _, cache = model.run_with_cache(toks[i : i + 256], names_filter=hooks)
         for h in hooks:
-            out[h].append(cache[h][m[i: i + 256]])
+            out[h].append(cache[h][m[i : i + 256]])
     return {h: torch.cat(v) for h, v in out.items()}
 
 
@@ -347,7 +395,8 @@ def train_sae(sae: SAE, acts: torch.Tensor, b: Budget, seed: int) -> None:
 
 @torch.no_grad()
 def sae_scores(model: HookedSAETransformer, sae: SAE, toks: torch.Tensor, ce_clean: float) -> dict[str, Any]:
-    """EV/MSE/L0 (the definitions in docs/results.md) over held-out word positions; CE with the SAE (or zeros) spliced there."""
+    """EV/MSE/L0 (the definitions in docs/results.md) over held-out word positions; CE with the SAE (or zeros)
+    spliced there."""
     name = sae.cfg.metadata.hook_name
     x = hook_acts(model, toks, [name])[name]
     f = sae.encode(x)
@@ -359,13 +408,20 @@ def sae_scores(model: HookedSAETransformer, sae: SAE, toks: torch.Tensor, ce_cle
     def at_words(replace_fn: Any) -> list[tuple[str, Any]]:
         def hook_fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
             return torch.where(m.view(*m.shape, *([1] * (act.ndim - 2))), replace_fn(act), act)
+
         return [(name, hook_fn)]
 
-    return {"architecture": sae.cfg.architecture(), "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae,
-            "explained_variance": (1 - mse / var).item(), "mse": mse.item(),
-            "l0": (f != 0).float().sum(1).mean().item(), "ce_clean": ce_clean,
-            "ce_spliced": corpus_ce(model, toks, at_words(sae)),
-            "ce_zero_ablation": corpus_ce(model, toks, at_words(torch.zeros_like))}
+    return {
+        "architecture": sae.cfg.architecture(),
+        "d_in": sae.cfg.d_in,
+        "d_sae": sae.cfg.d_sae,
+        "explained_variance": (1 - mse / var).item(),
+        "mse": mse.item(),
+        "l0": (f != 0).float().sum(1).mean().item(),
+        "ce_clean": ce_clean,
+        "ce_spliced": corpus_ce(model, toks, at_words(sae)),
+        "ce_zero_ablation": corpus_ce(model, toks, at_words(torch.zeros_like)),
+    }
 
 
 def versions() -> dict[str, str]:
@@ -414,21 +470,38 @@ def build(out: Path, seed: int, b: Budget) -> dict[str, Any]:
         train_sae(sae, acts[hook], b, seed + 1 + i)
         sae.save_model(out / "saes" / hook)
         sae_cards[hook] = sae_scores(model, SAE.load_from_disk(out / "saes" / hook), heldout, ce_clean)
-    tox_by_label = {lab: answer_scores(model, [t for t in split.tox_eval if t[1] == TOXICITY_LABELS[lab]])
-                    for lab in ("toxic", "nontoxic")}
+    tox_by_label = {
+        lab: answer_scores(model, [t for t in split.tox_eval if t[1] == TOXICITY_LABELS[lab]])
+        for lab in ("toxic", "nontoxic")
+    }
     card = {
-        "model_name": "tiny", "seed": seed, "budget": asdict(b), "torch_threads": b.threads, "versions": versions(),
-        "wall_time_s": round(time.perf_counter() - t0, 1), "model_train_time_s": round(t_model, 1),
+        "model_name": "tiny",
+        "seed": seed,
+        "budget": asdict(b),
+        "torch_threads": b.threads,
+        "versions": versions(),
+        "wall_time_s": round(time.perf_counter() - t0, 1),
+        "model_train_time_s": round(t_model, 1),
         "load_avg_1min": {"start": load0, "end": os.getloadavg()[0]},  # CPU contention from other processes
         "model": {k: cfg_kwargs[k] for k in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "n_ctx")}
         | {"n_params": sum(p.numel() for p in model.parameters())},
-        "data": {"n_train_ioi": b.n_ioi, "n_train_toxicity": b.n_tox, "n_train_filler": b.n_filler,
-                 "n_train_tokens": int((toks != tok.pad_token_id).sum()), "n_sae_train_tokens": len(acts[hook]),
-                 "heldout": "IOI name pairs (10% of unordered pairs) and toxicity (adjective, identity) pairs "
-                            "(10% per label) never seen in training", "n_corpus_lines": len(split.corpus)},
+        "data": {
+            "n_train_ioi": b.n_ioi,
+            "n_train_toxicity": b.n_tox,
+            "n_train_filler": b.n_filler,
+            "n_train_tokens": int((toks != tok.pad_token_id).sum()),
+            "n_sae_train_tokens": len(acts[hook]),
+            "heldout": "IOI name pairs (10% of unordered pairs) and toxicity (adjective, identity) pairs "
+            "(10% per label) never seen in training",
+            "n_corpus_lines": len(split.corpus),
+        },
         "train_loss_curve": curve,
-        "scores": {"ioi": answer_scores(model, split.ioi_eval), "toxicity": answer_scores(model, split.tox_eval),
-                   "toxicity_by_label": tox_by_label, "lm_ce_heldout_corpus": ce_clean},
+        "scores": {
+            "ioi": answer_scores(model, split.ioi_eval),
+            "toxicity": answer_scores(model, split.tox_eval),
+            "toxicity_by_label": tox_by_label,
+            "lm_ce_heldout_corpus": ce_clean,
+        },
         "saes": sae_cards,
     }
     (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")

@@ -60,8 +60,9 @@ def build_gpt2_standin(folder: Path, n_layers: int, width: int) -> tuple[Path, l
     sae_dirs = []
     for layer in (n_layers * 5 // 12, n_layers * 8 // 12):  # layers 5 and 8 of GPT-2 small; 0 and 1 of 2
         gen = torch.Generator().manual_seed(layer)
-        sae = StandardSAE(StandardSAEConfig(d_in=768, d_sae=width,
-                                            metadata=SAEMetadata(hook_name=f"blocks.{layer}.hook_resid_pre")))
+        sae = StandardSAE(
+            StandardSAEConfig(d_in=768, d_sae=width, metadata=SAEMetadata(hook_name=f"blocks.{layer}.hook_resid_pre"))
+        )
         with torch.no_grad():
             for p in sae.parameters():
                 p.copy_(torch.randn(p.shape, generator=gen) * (0.02 if p.ndim > 1 else 0.01))
@@ -74,8 +75,12 @@ def build_gpt2_standin(folder: Path, n_layers: int, width: int) -> tuple[Path, l
 def run(args: list[str], out: Path) -> tuple[dict[str, Any], float]:
     """One CLI run into `out`; its results.json and wall seconds."""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "saeeval", *args, f"hydra.run.dir={out}", "plot=false"],
-                          capture_output=True, text=True, cwd=out.parent)
+    proc = subprocess.run(
+        [sys.executable, "-m", "saeeval", *args, f"hydra.run.dir={out}", "plot=false"],
+        capture_output=True,
+        text=True,
+        cwd=out.parent,
+    )
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stderr[-2000:]}")
@@ -133,8 +138,10 @@ def main() -> int:
     model_dir, sae_dirs = build_gpt2_standin(work, 2 if opts.quick else 12, 1024 if opts.quick else 24576)
     gpt2 = ["model=hf_folder", f"model.name={model_dir}", "saes=folder", f"saes.paths=[{','.join(map(str, sae_dirs))}]"]
     # the zoo also generates (answer_mode=both): KV-cache generation under splices, several conditions per forward
-    setups = {"zoo": ["+task=toxicity", f"limit={limit}", "task.answer_mode=both", "task.max_new_tokens=4"],
-              "gpt2": ["+task=ioi", f"limit={limit}", "batch_size=16", *gpt2]}
+    setups = {
+        "zoo": ["+task=toxicity", f"limit={limit}", "task.answer_mode=both", "task.max_new_tokens=4"],
+        "gpt2": ["+task=ioi", f"limit={limit}", "batch_size=16", *gpt2],
+    }
     variants = {
         "f32": (gpu, "f32"),
         "bf16": ([*gpu, "dtype=bfloat16"], "bf16"),
@@ -149,13 +156,17 @@ def main() -> int:
         for variant, (extra, kind) in variants.items():
             got, secs = run([*base, *extra], work / f"{setup}-{variant}")
             worst, bad = (f32_violations if kind == "f32" else bf16_violations)(ref, got)
-            summary.append(f"{setup}_{variant}_s={secs:.1f} {setup}_{variant}_{'maxrel' if kind == 'f32' else 'ld_maxabs'}={worst:.2e}")
+            measure = "maxrel" if kind == "f32" else "ld_maxabs"
+            summary.append(f"{setup}_{variant}_s={secs:.1f} {setup}_{variant}_{measure}={worst:.2e}")
             if bad:
                 failed.append(f"{setup}-{variant}: {', '.join(bad[:5])}")
     for line in failed:
         print(f"gpu_check: beyond tolerance: {line}", file=sys.stderr)
-    print(f"gpu_check: device={env_note!r} n_gpus={n_gpus} torch={torch.__version__} " + " ".join(summary)
-          + f" status={'FAIL' if failed else 'PASS'}")
+    print(
+        f"gpu_check: device={env_note!r} n_gpus={n_gpus} torch={torch.__version__} "
+        + " ".join(summary)
+        + f" status={'FAIL' if failed else 'PASS'}"
+    )
     return 1 if failed else 0
 
 

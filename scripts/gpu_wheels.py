@@ -22,7 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # Distributions of the GPU machine's image (its package list, read 2026-11-17): carried only when missing there.
-GPU_IMAGE = set("""
+GPU_IMAGE = set(
+    """
 absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs botorch build certifi
 charset-normalizer chex click cloudpickle cmake colorama contourpy coverage cycler cython einops filelock fonttools
 frozenlist fsspec h11 h5py hf-xet httpcore httpx huggingface-hub humanize idna imageio iniconfig jaxtyping jinja2
@@ -31,11 +32,17 @@ multidict networkx numpy packaging pandas pathspec pillow pip pluggy portalocker
 pygments pyparsing python-dateutil pytorch-lightning pyyaml regex requests rich safetensors scipy sentencepiece
 setuptools six sympy tokenizers torch torchmetrics tqdm transformers triton typer typing-extensions urllib3 wheel
 xxhash yarl zipp pytest
-""".split())
+""".split()
+)
 # Needed at run time but imported lazily (the launcher plugin and its scheduler library).
 EXTRA = ("hydra-submitit-launcher", "submitit")
-PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
-             "manylinux1_x86_64")
+PLATFORMS = (
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux1_x86_64",
+)
 
 _PROBE = """
 import importlib.metadata as md, json, runpy, sys
@@ -60,8 +67,9 @@ def needed() -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.run([sys.executable, "-c", _PROBE, tmp], capture_output=True, text=True, check=True)
     dists = set(json.loads(proc.stdout.strip().splitlines()[-1])) | set(EXTRA)
-    keep = sorted(d for d in dists if _norm(d) not in GPU_IMAGE and _norm(d) != "saeeval"
-                  and not _norm(d).startswith("nvidia-"))
+    keep = sorted(
+        d for d in dists if _norm(d) not in GPU_IMAGE and _norm(d) != "saeeval" and not _norm(d).startswith("nvidia-")
+    )
     return [f"{d}=={md.version(d)}" for d in keep]
 
 
@@ -72,15 +80,29 @@ def main() -> int:
     opts = parser.parse_args()
     reqs = needed()
     opts.dest.mkdir(exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-           "--python-version", opts.python_version, "--implementation", "cp", "-d", str(opts.dest)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "-q",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        opts.python_version,
+        "--implementation",
+        "cp",
+        "-d",
+        str(opts.dest),
+    ]
     for platform in PLATFORMS:
         cmd += ["--platform", platform]
     for req in reqs:
         if subprocess.run([*cmd, req], stderr=subprocess.DEVNULL).returncode != 0:
             # published as an sdist only (antlr4-python3-runtime 4.9.3): build its pure-Python wheel here
-            subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(opts.dest), req],
-                           check=True)
+            subprocess.run(
+                [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(opts.dest), req], check=True
+            )
     size = sum(p.stat().st_size for p in opts.dest.iterdir()) / 2**20
     print(f"gpu_wheels: {len(reqs)} distributions in {opts.dest} ({size:.1f} MiB): {' '.join(reqs)}")
     return 0

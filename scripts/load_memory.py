@@ -64,17 +64,29 @@ def child(folder: str, dtype: str) -> None:
     settled = status_kib("VmRSS")
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in model.parameters()}
-    print(json.dumps({"before": before * 1024, "peak": peak * 1024, "settled": settled * 1024,
-                      "anon_before": before_anon * 1024, "anon_peak": anon_peak[0] * 1024,
-                      "file_before": before_file * 1024, "file_settled": status_kib("RssFile") * 1024,
-                      "param_bytes": params, "storage_bytes": sum(storages.values())}))
+    print(
+        json.dumps(
+            {
+                "before": before * 1024,
+                "peak": peak * 1024,
+                "settled": settled * 1024,
+                "anon_before": before_anon * 1024,
+                "anon_peak": anon_peak[0] * 1024,
+                "file_before": before_file * 1024,
+                "file_settled": status_kib("RssFile") * 1024,
+                "param_bytes": params,
+                "storage_bytes": sum(storages.values()),
+            }
+        )
+    )
 
 
 def measure(folder: Path, dtype: str = "float32") -> dict[str, float]:
     """Peak and settled RSS above the pre-load RSS, as multiples of the checkpoint's size on disk."""
     ckpt = sum(f.stat().st_size for f in folder.iterdir() if f.name.endswith(CHECKPOINT_SUFFIXES))
-    out = subprocess.run([sys.executable, __file__, "--child", str(folder), "--dtype", dtype],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", str(folder), "--dtype", dtype], capture_output=True, text=True, check=True
+    )
     rec = json.loads(out.stdout.strip().splitlines()[-1])
     return {
         "checkpoint_mib": ckpt / 2**20,
@@ -117,8 +129,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for shape in ("gemma-2", "gpt2") if args.shape == "both" else (args.shape,):
         r = report(shape, args.width)
-        print(f"load {shape}: checkpoint {r['checkpoint_mib']:.0f} MiB, " + " ".join(
-            f"{k}={v:.2f}" for k, v in r.items() if k != "checkpoint_mib"), flush=True)
+        print(
+            f"load {shape}: checkpoint {r['checkpoint_mib']:.0f} MiB, "
+            + " ".join(f"{k}={v:.2f}" for k, v in r.items() if k != "checkpoint_mib"),
+            flush=True,
+        )
     return 0
 
 

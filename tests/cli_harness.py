@@ -77,12 +77,14 @@ def run_inprocess(*argv: str, capfd: pytest.CaptureFixture, out: Path | None = N
     return Outcome(0 if code is None else int(code), captured.err, captured.out)
 
 
-def run_subprocess(*argv: str, out: Path | None = None, env: dict[str, str] | None = None,
-                   timeout: int = 300) -> Outcome:
+def run_subprocess(
+    *argv: str, out: Path | None = None, env: dict[str, str] | None = None, timeout: int = 300
+) -> Outcome:
     """`python -m saeeval *argv` as a user runs it."""
     args = [*argv, *([f"hydra.run.dir={out}"] if out is not None else [])]
-    proc = subprocess.run([sys.executable, "-m", "saeeval", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "saeeval", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
     return Outcome(proc.returncode, proc.stderr, proc.stdout)
 
 

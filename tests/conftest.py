@@ -25,8 +25,16 @@ def make_tiny_model(
 ) -> HookedSAETransformer:
     """A randomly initialised HookedSAETransformer without a tokenizer (feed it token ids)."""
     cfg = HookedTransformerConfig(
-        n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_model // n_heads, d_mlp=4 * d_model,
-        d_vocab=d_vocab, n_ctx=n_ctx, act_fn="gelu", normalization_type="LN", seed=seed,
+        n_layers=n_layers,
+        d_model=d_model,
+        n_heads=n_heads,
+        d_head=d_model // n_heads,
+        d_mlp=4 * d_model,
+        d_vocab=d_vocab,
+        n_ctx=n_ctx,
+        act_fn="gelu",
+        normalization_type="LN",
+        seed=seed,
     )
     model = HookedSAETransformer(cfg)
     model.eval()
@@ -133,8 +141,13 @@ def run_cli_into(out: Path, *overrides: str) -> Path:
     import sys
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "saeeval", *overrides, f"hydra.run.dir={out}"],
-                          capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "saeeval", *overrides, f"hydra.run.dir={out}"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 

@@ -20,8 +20,13 @@ def _keep(batch_tokens: torch.Tensor, ignore_tokens: set[int]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def get_recons_loss(sae: Any, model: Any, batch_tokens: torch.Tensor, ignore_tokens: set[int],
-                    exclude_special_tokens_from_reconstruction: bool) -> dict[str, torch.Tensor]:
+def get_recons_loss(
+    sae: Any,
+    model: Any,
+    batch_tokens: torch.Tensor,
+    ignore_tokens: set[int],
+    exclude_special_tokens_from_reconstruction: bool,
+) -> dict[str, torch.Tensor]:
     hook_name = sae.cfg.metadata.hook_name
     original_logits, original_ce_loss = model(batch_tokens, return_type="both", loss_per_token=True)
     if len(ignore_tokens) > 0 and exclude_special_tokens_from_reconstruction:
@@ -46,9 +51,11 @@ def get_recons_loss(sae: Any, model: Any, batch_tokens: torch.Tensor, ignore_tok
     else:
         replacement_hook = standard_replacement_hook
     recons_logits, recons_ce_loss = model.run_with_hooks(
-        batch_tokens, return_type="both", fwd_hooks=[(hook_name, replacement_hook)], loss_per_token=True)
+        batch_tokens, return_type="both", fwd_hooks=[(hook_name, replacement_hook)], loss_per_token=True
+    )
     zero_abl_logits, zero_abl_ce_loss = model.run_with_hooks(
-        batch_tokens, return_type="both", fwd_hooks=[(hook_name, standard_zero_ablate_hook)], loss_per_token=True)
+        batch_tokens, return_type="both", fwd_hooks=[(hook_name, standard_zero_ablate_hook)], loss_per_token=True
+    )
 
     def kl(original_logits, new_logits):
         original_probs = torch.nn.functional.softmax(original_logits, dim=-1)
@@ -66,12 +73,18 @@ def get_recons_loss(sae: Any, model: Any, batch_tokens: torch.Tensor, ignore_tok
     }
 
 
-def get_downstream_reconstruction_metrics(sae: Any, model: Any, batches: list[torch.Tensor], ignore_tokens: set[int],
-                                          exclude_special_tokens_from_reconstruction: bool) -> dict[str, float]:
+def get_downstream_reconstruction_metrics(
+    sae: Any,
+    model: Any,
+    batches: list[torch.Tensor],
+    ignore_tokens: set[int],
+    exclude_special_tokens_from_reconstruction: bool,
+) -> dict[str, float]:
     metrics_dict: dict[str, list[torch.Tensor]] = {}
     for batch_tokens in batches:
-        for name, value in get_recons_loss(sae, model, batch_tokens, ignore_tokens,
-                                           exclude_special_tokens_from_reconstruction).items():
+        for name, value in get_recons_loss(
+            sae, model, batch_tokens, ignore_tokens, exclude_special_tokens_from_reconstruction
+        ).items():
             if len(ignore_tokens) > 0:
                 mask = _keep(batch_tokens, ignore_tokens)
                 if value.shape[1] != mask.shape[1]:
@@ -80,23 +93,40 @@ def get_downstream_reconstruction_metrics(sae: Any, model: Any, batches: list[to
             metrics_dict.setdefault(name, []).append(value)
     metrics = {name: torch.cat(values).mean().item() for name, values in metrics_dict.items()}
     metrics["kl_div_score"] = (metrics["kl_div_with_ablation"] - metrics["kl_div_with_sae"]) / metrics[
-        "kl_div_with_ablation"]
+        "kl_div_with_ablation"
+    ]
     metrics["ce_loss_score"] = (metrics["ce_loss_with_ablation"] - metrics["ce_loss_with_sae"]) / (
-        metrics["ce_loss_with_ablation"] - metrics["ce_loss_without_sae"])
+        metrics["ce_loss_with_ablation"] - metrics["ce_loss_without_sae"]
+    )
     return metrics
 
 
 @torch.no_grad()
-def get_sparsity_and_variance_metrics(sae: Any, model: Any, batches: list[torch.Tensor],
-                                      ignore_tokens: set[int]) -> dict[str, float]:
+def get_sparsity_and_variance_metrics(
+    sae: Any, model: Any, batches: list[torch.Tensor], ignore_tokens: set[int]
+) -> dict[str, float]:
     hook_name = sae.cfg.metadata.hook_name
-    metric_dict: dict[str, list[torch.Tensor]] = {k: [] for k in (
-        "l2_norm_in", "l2_norm_out", "l2_ratio", "relative_reconstruction_bias", "l0", "l1",
-        "explained_variance_legacy", "mse", "cossim")}
+    metric_dict: dict[str, list[torch.Tensor]] = {
+        k: []
+        for k in (
+            "l2_norm_in",
+            "l2_norm_out",
+            "l2_ratio",
+            "relative_reconstruction_bias",
+            "l0",
+            "l1",
+            "explained_variance_legacy",
+            "mse",
+            "cossim",
+        )
+    }
     mean_sum_of_squares, mean_act_per_dimension, mean_sum_of_resid_squared = [], [], []
     for batch_tokens in batches:
-        mask = _keep(batch_tokens, ignore_tokens) if len(ignore_tokens) > 0 else torch.ones_like(
-            batch_tokens, dtype=torch.bool)
+        mask = (
+            _keep(batch_tokens, ignore_tokens)
+            if len(ignore_tokens) > 0
+            else torch.ones_like(batch_tokens, dtype=torch.bool)
+        )
         flattened_mask = mask.flatten()
         _, cache = model.run_with_cache(batch_tokens, prepend_bos=False, names_filter=[hook_name])
         original_act = cache[hook_name].flatten(-2, -1) if "hook_z" in hook_name else cache[hook_name]
@@ -115,7 +145,9 @@ def get_sparsity_and_variance_metrics(sae: Any, model: Any, batches: list[torch.
         metric_dict["l2_norm_in"].append(l2_norm_in)
         metric_dict["l2_norm_out"].append(l2_norm_out)
         metric_dict["l2_ratio"].append(l2_norm_out / l2_norm_in_for_div)
-        metric_dict["relative_reconstruction_bias"].append((x_hat_norm_squared.mean() / x_dot_x_hat.mean()).unsqueeze(0))
+        metric_dict["relative_reconstruction_bias"].append(
+            (x_hat_norm_squared.mean() / x_dot_x_hat.mean()).unsqueeze(0)
+        )
         metric_dict["l0"].append((flattened_sae_feature_acts != 0).sum(dim=-1).float())
         metric_dict["l1"].append(flattened_sae_feature_acts.sum(dim=-1))
 

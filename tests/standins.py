@@ -33,8 +33,16 @@ GEMMA_CHAT_TEMPLATE = (  # the template shipped with google/gemma-2-2b-it
     "{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"
 )
 # Gemma's ids for its special tokens (google/gemma-2-2b tokenizer.json)
-GEMMA_SPECIAL = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<mask>": 4, "<start_of_turn>": 106,
-                 "<end_of_turn>": 107, "\n": 108}
+GEMMA_SPECIAL = {
+    "<pad>": 0,
+    "<eos>": 1,
+    "<bos>": 2,
+    "<unk>": 3,
+    "<mask>": 4,
+    "<start_of_turn>": 106,
+    "<end_of_turn>": 107,
+    "\n": 108,
+}
 GEMMA_VOCAB = 256_000
 
 
@@ -43,8 +51,9 @@ def write_gpt2_folder(folder: Path, n_layers: int = 2, seed: int = 0) -> Path:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=n_layers, n_embd=768, n_head=12, n_positions=1024,
-                                       vocab_size=50257)).eval()
+    model = GPT2LMHeadModel(
+        GPT2Config(n_layer=n_layers, n_embd=768, n_head=12, n_positions=1024, vocab_size=50257)
+    ).eval()
     model.save_pretrained(str(folder))
     gpt2_tokenizer_obj().save_pretrained(str(folder))
     return folder
@@ -57,12 +66,14 @@ def gemma_tokenizer(words: list[str]):
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
 
-    pre = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex("\n"), behavior="isolated"),
-        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never"),
-        pre_tokenizers.Punctuation(behavior="isolated"),
-        pre_tokenizers.Digits(individual_digits=True),
-    ])
+    pre = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex("\n"), behavior="isolated"),
+            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never"),
+            pre_tokenizers.Punctuation(behavior="isolated"),
+            pre_tokenizers.Digits(individual_digits=True),
+        ]
+    )
     pieces = {piece for text in words for piece, _ in pre.pre_tokenize_str(text)}
     pieces |= {f"▁{p}" for p in pieces if not p.startswith("▁")}  # each word also after a space
     pieces |= {str(d) for d in range(10)} | {f"▁{d}" for d in range(10)}
@@ -77,8 +88,13 @@ def gemma_tokenizer(words: list[str]):
     backend.pre_tokenizer = pre
     backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="never")
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>", pad_token="<pad>",
-        mask_token="<mask>", additional_special_tokens=["<start_of_turn>", "<end_of_turn>"],
+        tokenizer_object=backend,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+        additional_special_tokens=["<start_of_turn>", "<end_of_turn>"],
     )
     tok.chat_template = GEMMA_CHAT_TEMPLATE
     return tok
@@ -90,10 +106,21 @@ def write_gemma2_folder(folder: Path, words: list[str], seed: int = 0, width: in
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
     torch.manual_seed(seed)
-    cfg = Gemma2Config(vocab_size=GEMMA_VOCAB, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
-                       num_attention_heads=2, num_key_value_heads=1, head_dim=32, query_pre_attn_scalar=32,
-                       max_position_embeddings=512, sliding_window=16, pad_token_id=0, eos_token_id=1,
-                       bos_token_id=2)
+    cfg = Gemma2Config(
+        vocab_size=GEMMA_VOCAB,
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        query_pre_attn_scalar=32,
+        max_position_embeddings=512,
+        sliding_window=16,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
     model = Gemma2ForCausalLM(cfg).eval()
     with torch.no_grad():  # HF initialises the norms' weights to 0 (= scale 1): make them count
         for name, p in model.named_parameters():
@@ -110,11 +137,24 @@ def write_gemma2_2b_folder(folder: Path, seed: int = 0) -> Path:
     parameters would take minutes on two cores and hold a float32 copy."""
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
-    cfg = Gemma2Config(vocab_size=GEMMA_VOCAB, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
-                       num_attention_heads=8, num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=256,
-                       max_position_embeddings=8192, sliding_window=4096, final_logit_softcapping=30.0,
-                       attn_logit_softcapping=50.0, pad_token_id=0, eos_token_id=1, bos_token_id=2,
-                       torch_dtype="bfloat16")
+    cfg = Gemma2Config(
+        vocab_size=GEMMA_VOCAB,
+        hidden_size=2304,
+        intermediate_size=9216,
+        num_hidden_layers=26,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=256,
+        query_pre_attn_scalar=256,
+        max_position_embeddings=8192,
+        sliding_window=4096,
+        final_logit_softcapping=30.0,
+        attn_logit_softcapping=50.0,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+        torch_dtype="bfloat16",
+    )
     with torch.device("meta"):
         model = Gemma2ForCausalLM(cfg)
     model = model.to_empty(device="cpu").to(torch.bfloat16).eval()
@@ -146,20 +186,47 @@ def legacy_jb_cfg(layer: int) -> dict:
     """The training config jbloom's GPT-2 small SAEs ship as cfg.json (pre-sae_lens-6 keys: hook_point, ...)."""
     hook = f"blocks.{layer}.hook_resid_pre"
     return {
-        "model_name": "gpt2-small", "hook_point": hook, "hook_point_layer": layer, "hook_point_head_index": None,
-        "dataset_path": "Skylion007/openwebtext", "is_dataset_tokenized": False, "context_size": 128,
+        "model_name": "gpt2-small",
+        "hook_point": hook,
+        "hook_point_layer": layer,
+        "hook_point_head_index": None,
+        "dataset_path": "Skylion007/openwebtext",
+        "is_dataset_tokenized": False,
+        "context_size": 128,
         "use_cached_activations": False,
         "cached_activations_path": f"activations/Skylion007_openwebtext/gpt2-small/{hook}",
-        "d_in": 768, "n_batches_in_buffer": 128, "total_training_tokens": 300000000, "store_batch_size": 32,
-        "device": "cuda", "seed": 42, "dtype": "torch.float32", "b_dec_init_method": "geometric_median",
-        "expansion_factor": 32, "from_pretrained_path": None, "l1_coefficient": 8e-05, "lr": 0.0004,
-        "lr_scheduler_name": None, "lr_warm_up_steps": 5000, "train_batch_size": 4096, "use_ghost_grads": False,
-        "feature_sampling_window": 1000, "feature_sampling_method": None, "resample_batches": 1028,
-        "feature_reinit_scale": 0.2, "dead_feature_window": 5000, "dead_feature_estimation_method": "no_fire",
-        "dead_feature_threshold": 1e-08, "log_to_wandb": True,
-        "wandb_project": "mats_sae_training_gpt2_small_resid_pre_5", "wandb_entity": None, "wandb_log_frequency": 100,
-        "n_checkpoints": 10, "checkpoint_path": "checkpoints/y1t51byy",
-        "d_sae": 24576, "tokens_per_buffer": 67108864, "run_name": "24576-L1-8e-05-LR-0.0004-Tokens-3.000e+08",
+        "d_in": 768,
+        "n_batches_in_buffer": 128,
+        "total_training_tokens": 300000000,
+        "store_batch_size": 32,
+        "device": "cuda",
+        "seed": 42,
+        "dtype": "torch.float32",
+        "b_dec_init_method": "geometric_median",
+        "expansion_factor": 32,
+        "from_pretrained_path": None,
+        "l1_coefficient": 8e-05,
+        "lr": 0.0004,
+        "lr_scheduler_name": None,
+        "lr_warm_up_steps": 5000,
+        "train_batch_size": 4096,
+        "use_ghost_grads": False,
+        "feature_sampling_window": 1000,
+        "feature_sampling_method": None,
+        "resample_batches": 1028,
+        "feature_reinit_scale": 0.2,
+        "dead_feature_window": 5000,
+        "dead_feature_estimation_method": "no_fire",
+        "dead_feature_threshold": 1e-08,
+        "log_to_wandb": True,
+        "wandb_project": "mats_sae_training_gpt2_small_resid_pre_5",
+        "wandb_entity": None,
+        "wandb_log_frequency": 100,
+        "n_checkpoints": 10,
+        "checkpoint_path": "checkpoints/y1t51byy",
+        "d_sae": 24576,
+        "tokens_per_buffer": 67108864,
+        "run_name": "24576-L1-8e-05-LR-0.0004-Tokens-3.000e+08",
     }
 
 
@@ -173,8 +240,10 @@ def write_gpt2_res_jb(hub_cache: Path, layers: list[int], seed: int = 0) -> Path
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "cfg.json").write_text(json.dumps(legacy_jb_cfg(layer)))
         weights = {
-            "W_enc": torch.randn(768, 24576, generator=gen) * 0.05, "b_enc": torch.randn(24576, generator=gen) * 0.1,
-            "W_dec": torch.randn(24576, 768, generator=gen) * 0.05, "b_dec": torch.randn(768, generator=gen) * 0.1,
+            "W_enc": torch.randn(768, 24576, generator=gen) * 0.05,
+            "b_enc": torch.randn(24576, generator=gen) * 0.1,
+            "W_dec": torch.randn(24576, 768, generator=gen) * 0.05,
+            "b_dec": torch.randn(768, generator=gen) * 0.1,
         }
         save_file(weights, str(folder / "sae_weights.safetensors"))
         save_file({"sparsity": torch.rand(24576, generator=gen) * -6}, str(folder / "sparsity.safetensors"))

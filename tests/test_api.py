@@ -30,7 +30,7 @@ def plain_model() -> HookedSAETransformer:
     folder = ZOO / "model"
     cfg = HookedTransformerConfig(**json.loads((folder / "config.json").read_text()))
     model = HookedSAETransformer(cfg, tokenizer=PreTrainedTokenizerFast.from_pretrained(str(folder)))
-    model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
+    model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
     return model
 
 
@@ -45,15 +45,17 @@ def snapshot(model: torch.nn.Module, saes: list[SAE]) -> dict[str, Any]:
         "weights": [{k: v.clone() for k, v in m.state_dict().items()} for m in modules],
         "grad": [[p.requires_grad for p in m.parameters()] for m in modules],
         "modes": [[s.training for s in m.modules()] for m in modules],
-        "hooks": [[(len(s._forward_hooks), len(s._forward_pre_hooks), len(s._backward_hooks)) for s in m.modules()]
-                  for m in modules],
+        "hooks": [
+            [(len(s._forward_hooks), len(s._forward_pre_hooks), len(s._backward_hooks)) for s in m.modules()]
+            for m in modules
+        ],
         "acts_to_saes": dict(model.acts_to_saes),
         "devices": [str(model.cfg.device), *(str(s.device) for s in saes)],
     }
 
 
 def assert_same_snapshot(a: dict[str, Any], b: dict[str, Any]) -> None:
-    for wa, wb in zip(a["weights"], b["weights"]):
+    for wa, wb in zip(a["weights"], b["weights"], strict=True):
         assert wa.keys() == wb.keys()
         assert all(torch.equal(wa[k], wb[k]) for k in wa)
     for key in ("grad", "modes", "hooks", "acts_to_saes", "devices"):
@@ -67,7 +69,7 @@ def assert_close(a: Any, b: Any, where: str = "") -> int:
         return sum(assert_close(a[k], b[k], f"{where}/{k}") for k in a)
     if isinstance(a, list):
         assert isinstance(b, list) and len(a) == len(b), where
-        return sum(assert_close(x, y, f"{where}[{i}]") for i, (x, y) in enumerate(zip(a, b)))
+        return sum(assert_close(x, y, f"{where}[{i}]") for i, (x, y) in enumerate(zip(a, b, strict=True)))
     if isinstance(a, float) and not isinstance(b, bool):
         assert isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9), (where, a, b)
         return 1
@@ -81,8 +83,14 @@ def in_memory():
     model.train()  # a notebook's model may be in train mode; evaluating must not leave it in eval mode
     before = snapshot(model, saes)
     options = dict(opt.split("=", 1) for opt in REAL_RUN if not opt.startswith("plot"))
-    results = saeeval.evaluate(model, saes, "toxicity", limit=int(options["limit"]),
-                               batch_size=int(options["batch_size"]), splice=options["splice"])
+    results = saeeval.evaluate(
+        model,
+        saes,
+        "toxicity",
+        limit=int(options["limit"]),
+        batch_size=int(options["batch_size"]),
+        splice=options["splice"],
+    )
     return model, saes, before, results
 
 
@@ -121,8 +129,10 @@ def test_results_views_read_the_document(in_memory):
     assert frame.loc[hook, "task/logit_diff"] == r.conditions[hook]["task"]["logit_diff"]
     assert frame.loc[hook, f"reconstruction/{hook}/l0"] == r.conditions[hook]["reconstruction"][hook]["l0"]
     assert frame.columns[:4].tolist() == ["saes", "hooks", "ablation", "baseline"]
-    assert r.slices["identity=african"]["clean"]["accuracy"] == r.document["slices"]["identity=african"]["clean"][
-        "accuracy"]
+    assert (
+        r.slices["identity=african"]["clean"]["accuracy"]
+        == r.document["slices"]["identity=african"]["clean"]["accuracy"]
+    )
     fig = r.plot()
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert labels == [short_name(c) for c in r.conditions]  # the table's abbreviations
@@ -149,7 +159,7 @@ def test_answer_position_is_the_tasks_declared_position_not_the_last_token(tmp_p
     model, saes = plain_model().eval(), plain_saes()[:1]
     task = TrailingIOI(n_examples=8, batch_size=4)
     r = saeeval.evaluate(model, saes, task)
-    for rec, ex in zip(r.samples, task.examples):
+    for rec, ex in zip(r.samples, task.examples, strict=True):
         logits = model(torch.tensor([ex.tokens]))[0, ex.positions["END"]]
         assert rec["logit_diff"]["clean"] == pytest.approx(float(logits[ex.correct] - logits[ex.incorrect]), abs=1e-4)
         last = model(torch.tensor([ex.tokens]))[0, -1]
@@ -161,8 +171,16 @@ def test_a_trainer_whose_precision_casts_the_weights_still_leaves_them_as_they_w
 
     model, saes = plain_model(), plain_saes()[:1]
     before = snapshot(model, saes)
-    trainer = L.Trainer(accelerator="cpu", devices=1, precision="64-true", logger=False, enable_checkpointing=False,
-                        enable_model_summary=False, enable_progress_bar=False, use_distributed_sampler=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision="64-true",
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        use_distributed_sampler=False,
+    )
     r = saeeval.evaluate(model, saes, "ioi", trainer=trainer, limit=4)
     assert r.conditions["clean"]["task"]["n"] == 4
     assert_same_snapshot(before, snapshot(model, saes))

@@ -26,8 +26,12 @@ SPECIALS = ["<bos>", "<eos>", "<pad>", "<unk>"]
 
 
 def run_fast_build(out: Path, seed: int = 0) -> None:
-    subprocess.run([sys.executable, str(SCRIPT), "--fast", "--out", str(out), "--seed", str(seed)],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [sys.executable, str(SCRIPT), "--fast", "--out", str(out), "--seed", str(seed)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
 
 
 def sha(path: Path) -> str:
@@ -51,8 +55,13 @@ def fast_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_fast_build_writes_the_zoo_layout(fast_zoo: Path) -> None:
-    expected = ["model/config.json", "model/model.safetensors", "model/tokenizer.json", "corpus/heldout.txt",
-                "card.json"] + [f"saes/{h}/{f}" for h in HOOKS for f in ("cfg.json", "sae_weights.safetensors")]
+    expected = [
+        "model/config.json",
+        "model/model.safetensors",
+        "model/tokenizer.json",
+        "corpus/heldout.txt",
+        "card.json",
+    ] + [f"saes/{h}/{f}" for h in HOOKS for f in ("cfg.json", "sae_weights.safetensors")]
     assert [p for p in expected if not (fast_zoo / p).is_file()] == []
     card = json.loads((fast_zoo / "card.json").read_text())
     assert card["seed"] == 0 and set(card["saes"]) == set(HOOKS)
@@ -108,7 +117,9 @@ def test_heldout_pairs_never_appear_in_training() -> None:
         adj, identity = re.search(r"Sentence: \S+ is a (\S+) ([^\n]+)\s+Label", text).groups()
         return adj, identity
 
-    train_ioi = {ioi_pair(t) for t, task in zip(split.train, split.train_is_task) if task and "Label" not in t}
+    train_ioi = {
+        ioi_pair(t) for t, task in zip(split.train, split.train_is_task, strict=True) if task and "Label" not in t
+    }
     train_tox = {tox_pair(t) for t in split.train if "Label" in t}
     assert len(train_ioi) > 100 and len(train_tox) > 100
     assert not {ioi_pair(p) for p, _, _ in split.ioi_eval} & train_ioi

@@ -30,7 +30,12 @@ def test_short_names_abbreviate_hooks_and_baselines_the_same_way() -> None:
 
 def test_fmt_is_the_one_number_format() -> None:
     assert [fmt(None), fmt(0.123456), fmt(0.123456, ".2f"), fmt(7), fmt("african")] == [
-        "—", "0.1235", "0.12", "7", "african"]
+        "—",
+        "0.1235",
+        "0.12",
+        "7",
+        "african",
+    ]
 
 
 @pytest.mark.slow

@@ -31,5 +31,16 @@ def test_unknown_choice_is_one_line_naming_the_options(argv, needle):
 
 
 def test_valid_choices_sweeps_and_other_overrides_pass():
-    check_choices(["-m", "+task=ioi,toxicity", "mask=none", "trainer=ddp_cpu", "task.limit=3", "limit=4",
-                   "hydra/launcher=submitit_local", "splice=glob(*)", "~logger"])
+    check_choices(
+        [
+            "-m",
+            "+task=ioi,toxicity",
+            "mask=none",
+            "trainer=ddp_cpu",
+            "task.limit=3",
+            "limit=4",
+            "hydra/launcher=submitit_local",
+            "splice=glob(*)",
+            "~logger",
+        ]
+    )

@@ -18,7 +18,9 @@ pytestmark = pytest.mark.slow
 def run_cli(*overrides: str, out: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "saeeval", *overrides, f"hydra.run.dir={out}"],
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -54,7 +56,7 @@ def test_toxicity_default_run_writes_results_with_clean_accuracy_and_sae_damage(
     assert len(spliced) == 4 and len(ablated) == 4
     for name, c in spliced.items():
         assert c["lm"]["kl_div"] > 0 and c["baseline"] in ablated
-        (hook, recon), = c["reconstruction"].items()
+        ((hook, recon),) = c["reconstruction"].items()
         assert hook == name and 0 < recon["explained_variance"] <= 1 and recon["l0"] > 0
         assert c["lm"]["kl_div"] < conds[c["baseline"]]["lm"]["kl_div"]  # an SAE beats zeroing its activation
         assert c["task"]["logit_diff_recovered"] is not None
@@ -134,3 +136,23 @@ def test_bad_input_is_one_clear_error_line(tmp_path, overrides, needles):
     proc = run_cli(*overrides, out=tmp_path)
     assert_one_line_error(proc, *needles)
     assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_is_the_tools_own_page_with_every_group_and_choice(flag):
+    """Not Hydra's "__main__ is powered by Hydra." and a config dump: the tool, its commands, its choices."""
+    from saeeval.api.config_tree import GROUPS, group_options
+
+    proc = subprocess.run([sys.executable, "-m", "saeeval", flag], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    out = proc.stdout
+    assert out.startswith("saeeval: ") and "powered by Hydra" not in out and "_target_" not in out
+    assert "python -m saeeval.report" in out and "--cfg job" in out and "docs/" in out
+    rows = {
+        line.split()[0]: line.split(None, 1)[1]
+        for line in out.splitlines()
+        if line.startswith("  ") and line.split()[0] in GROUPS
+    }
+    assert set(rows) == set(GROUPS)
+    for group in GROUPS:
+        assert rows[group].split(", ") == group_options(group)

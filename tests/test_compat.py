@@ -20,17 +20,28 @@ pytestmark = pytest.mark.slow
 
 RUN = {"limit": 48, "batch_size": 16, "max_length": 11}  # every held-out text is >= 11 tokens: no padding
 TOL = {"rel": 1e-5, "abs": 1e-5}
-LM = {"ce_loss_without_sae": ("clean", "ce_loss"), "ce_loss_with_sae": ("sae", "ce_loss"),
-      "ce_loss_with_ablation": ("abl", "ce_loss"), "kl_div_with_sae": ("sae", "kl_div"),
-      "kl_div_with_ablation": ("abl", "kl_div"), "ce_loss_score": ("sae", "ce_loss_score"),
-      "kl_div_score": ("sae", "kl_div_score")}
+LM = {
+    "ce_loss_without_sae": ("clean", "ce_loss"),
+    "ce_loss_with_sae": ("sae", "ce_loss"),
+    "ce_loss_with_ablation": ("abl", "ce_loss"),
+    "kl_div_with_sae": ("sae", "kl_div"),
+    "kl_div_with_ablation": ("abl", "kl_div"),
+    "ce_loss_score": ("sae", "ce_loss_score"),
+    "kl_div_score": ("sae", "kl_div_score"),
+}
 
 
 @pytest.fixture(scope="module")
 def zoo():
     with initialize_config_module("saeeval.conf", version_base="1.3"):
-        cfg = compose("config", overrides=["+task=lm", *(f"{k}={v}" for k, v in RUN.items() if k != "max_length"),
-                                           f"task.max_length={RUN['max_length']}"])
+        cfg = compose(
+            "config",
+            overrides=[
+                "+task=lm",
+                *(f"{k}={v}" for k, v in RUN.items() if k != "max_length"),
+                f"task.max_length={RUN['max_length']}",
+            ],
+        )
     # float64 on both sides: the scores are ratios of small differences (ablating L1.attn.z moves CE by ~0.01), and
     # sae_lens averages float32 values, whose rounding the ratio would amplify past 1e-5
     model = instantiate(cfg.model).to(torch.float64)
@@ -60,8 +71,12 @@ def flat_hook_z(sae):
 def ours(results, name: str) -> dict[str, dict]:
     conds = results.conditions
     sae = conds[name]
-    return {"clean": conds["clean"]["lm"], "sae": sae["lm"], "abl": conds[sae["baseline"]]["lm"],
-            "recon": sae["reconstruction"][name]}
+    return {
+        "clean": conds["clean"]["lm"],
+        "sae": sae["lm"],
+        "abl": conds[sae["baseline"]]["lm"],
+        "recon": sae["reconstruction"][name],
+    }
 
 
 def test_compat_saelens_reproduces_run_evals_including_the_ablated_numbers(zoo) -> None:
@@ -69,13 +84,28 @@ def test_compat_saelens_reproduces_run_evals_including_the_ablated_numbers(zoo) 
     results = saeeval.evaluate(model, saes, task="lm", compat="saelens", **RUN)
     assert results.document["mask"]["compat"] == "saelens"
     default = saeeval.evaluate(model, saes, task="lm", **RUN)
-    config = EvalConfig(batch_size_prompts=RUN["batch_size"], n_eval_reconstruction_batches=len(batches),
-                        compute_kl=True, compute_ce_loss=True, n_eval_sparsity_variance_batches=len(batches),
-                        compute_l2_norms=True, compute_sparsity_metrics=True, compute_variance_metrics=True)
-    recon_keys = {"explained_variance": "explained_variance", "explained_variance_legacy":
-                  "explained_variance_legacy_saelens", "mse": "mse", "cossim": "cosine_similarity",
-                  "l2_norm_in": "l2_norm_in", "l2_norm_out": "l2_norm_out", "l2_ratio": "l2_ratio",
-                  "relative_reconstruction_bias": "relative_reconstruction_bias_saelens", "l0": "l0", "l1": "l1"}
+    config = EvalConfig(
+        batch_size_prompts=RUN["batch_size"],
+        n_eval_reconstruction_batches=len(batches),
+        compute_kl=True,
+        compute_ce_loss=True,
+        n_eval_sparsity_variance_batches=len(batches),
+        compute_l2_norms=True,
+        compute_sparsity_metrics=True,
+        compute_variance_metrics=True,
+    )
+    recon_keys = {
+        "explained_variance": "explained_variance",
+        "explained_variance_legacy": "explained_variance_legacy_saelens",
+        "mse": "mse",
+        "cossim": "cosine_similarity",
+        "l2_norm_in": "l2_norm_in",
+        "l2_norm_out": "l2_norm_out",
+        "l2_ratio": "l2_ratio",
+        "relative_reconstruction_bias": "relative_reconstruction_bias_saelens",
+        "l0": "l0",
+        "l1": "l1",
+    }
     ablation_differs = 0
     for name, sae in saes.items():
         with flat_hook_z(sae):
@@ -101,14 +131,22 @@ def test_compat_saebench_matches_a_transcription_of_its_core_eval(zoo, exclude_s
     results = saeeval.evaluate(model, saes, task="lm", compat="saebench", mask={"splice": splice}, **RUN)
     tok = model.tokenizer
     ignore = {tok.pad_token_id, tok.eos_token_id, tok.bos_token_id}
-    recon_keys = {"explained_variance": "explained_variance_saebench", "mse": "mse_saebench",
-                  "explained_variance_legacy": "explained_variance_legacy_saebench", "l1": "l1_saebench",
-                  "relative_reconstruction_bias": "relative_reconstruction_bias_saebench", "cossim":
-                  "cosine_similarity", "l0": "l0", "l2_ratio": "l2_ratio", "l2_norm_in": "l2_norm_in"}
+    recon_keys = {
+        "explained_variance": "explained_variance_saebench",
+        "mse": "mse_saebench",
+        "explained_variance_legacy": "explained_variance_legacy_saebench",
+        "l1": "l1_saebench",
+        "relative_reconstruction_bias": "relative_reconstruction_bias_saebench",
+        "cossim": "cosine_similarity",
+        "l0": "l0",
+        "l2_ratio": "l2_ratio",
+        "l2_norm_in": "l2_norm_in",
+    }
     for name, sae in saes.items():
         with flat_hook_z(sae):
             down = saebench_core.get_downstream_reconstruction_metrics(
-                sae, model, batches, ignore, exclude_special_from_reconstruction)
+                sae, model, batches, ignore, exclude_special_from_reconstruction
+            )
             recon = saebench_core.get_sparsity_and_variance_metrics(sae, model, batches, ignore)
         got = ours(results, name)
         for key, (part, ours_key) in LM.items():

@@ -38,7 +38,9 @@ def test_every_stable_id_names_an_object_that_exists_today():
 
 
 def test_every_saeeval_target_in_conf_resolves_and_moved_ones_keep_their_id():
-    found = {t for f in (ROOT / "saeeval" / "conf").rglob("*.yaml") for t in _targets(yaml.safe_load(f.read_text()) or {})}
+    found = {
+        t for f in (ROOT / "saeeval" / "conf").rglob("*.yaml") for t in _targets(yaml.safe_load(f.read_text()) or {})
+    }
     ours = {t for t in found if t.startswith("saeeval.")}
     assert ours >= set(TARGET_IDS)  # every id is still used by a config
     for target in ours:
@@ -49,8 +51,12 @@ def test_every_saeeval_target_in_conf_resolves_and_moved_ones_keep_their_id():
 @pytest.mark.parametrize("task", sorted(COMMANDS))
 def test_the_fixture_hash_is_the_hash_of_its_config_today(task):
     doc = json.loads((FIXTURES / task / "results.json").read_text())
-    moved = json.loads(json.dumps(doc["config"]).replace('"saeeval.models.', '"saeeval.loading.models.')
-                       .replace('"saeeval.saes.', '"saeeval.loading.saes.').replace('"saeeval.masks.', '"saeeval.engine.masks.'))
+    moved = json.loads(
+        json.dumps(doc["config"])
+        .replace('"saeeval.models.', '"saeeval.loading.models.')
+        .replace('"saeeval.saes.', '"saeeval.loading.saes.')
+        .replace('"saeeval.masks.', '"saeeval.engine.masks.')
+    )
     assert moved != doc["config"]
     assert config_hash(moved) == config_hash(doc["config"]) == doc["config_hash"]
 

@@ -30,8 +30,14 @@ RUNS = {  # task -> extra overrides; ioi also carries mean-ablation baselines (t
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
-    return subprocess.Popen([sys.executable, "-m", "saeeval", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "saeeval", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +96,7 @@ def test_ddp_cpu_results_equal_single_process_results(runs, task):
 def test_ddp_cpu_samples_are_complete_ordered_and_equal_line_by_line(runs, task):
     (_, cpu_samples), (_, ddp_samples) = load(runs[task]["cpu"]), load(runs[task]["ddp"])
     assert [s["id"] for s in ddp_samples] == list(range(N))
-    for cpu_line, ddp_line in zip(cpu_samples, ddp_samples):
+    for cpu_line, ddp_line in zip(cpu_samples, ddp_samples, strict=True):
         assert differences(cpu_line, ddp_line) == [], cpu_line["id"]
 
 
@@ -101,8 +107,9 @@ def test_ddp_mean_ablation_baselines_use_means_over_both_ranks(runs):
     assert mean_conds and all(n.startswith("mean_ablation@") for n in mean_conds)
     for name in mean_conds:
         # a mean taken over one rank's half would change the ablated model's CE and logit diff
-        assert ddp["conditions"][name]["lm"]["ce_loss"] == pytest.approx(cpu["conditions"][name]["lm"]["ce_loss"],
-                                                                         rel=1e-6)
+        assert ddp["conditions"][name]["lm"]["ce_loss"] == pytest.approx(
+            cpu["conditions"][name]["lm"]["ce_loss"], rel=1e-6
+        )
     spliced = [c for c in ddp["conditions"].values() if c.get("baseline", "") and c["baseline"] in mean_conds]
     assert spliced and all(c["task"]["logit_diff_recovered"] is not None for c in spliced)
 

@@ -27,8 +27,10 @@ from saeeval.cli.config_check import TOP_LEVEL, check_config, widen_overrides
         (["mask.positon=[-1]"], ["'mask.positon'", "did you mean mask.positions?"]),
         (["mask.splice.positon=[S2]"], ["'mask.splice.positon'", "did you mean mask.splice.positions?"]),
         (["mask.scor.exclude_special=false"], ["'mask.scor'", "did you mean mask.score?"]),
-        (["mask.score.exclude_specail=false"], ["'mask.score.exclude_specail'",
-                                                "did you mean mask.score.exclude_special?"]),
+        (
+            ["mask.score.exclude_specail=false"],
+            ["'mask.score.exclude_specail'", "did you mean mask.score.exclude_special?"],
+        ),
         (["splice.singel=false"], ["'splice.singel'", "did you mean splice.singles?"]),
         (["trainer.acelerator=cpu"], ["'trainer.acelerator'", "did you mean trainer.accelerator?"]),
         (["+trainer.zzz=1"], ["'trainer.zzz'", "valid keys of trainer (lightning.pytorch.Trainer)", "accelerator"]),
@@ -84,11 +86,30 @@ def test_hydra_override_errors_are_one_line(tmp_path, capfd, overrides, needles)
 
 
 def test_plain_overrides_are_widened_and_everything_else_is_left_as_given():
-    argv = ["-m", "+task=ioi", "batch_size=8,16", "task.limit=3", "model=tiny", "hydra.run.dir=x",
-            "hydra/launcher=submitit_local", "~logger", "++seed=1", "+foo=1"]
-    assert widen_overrides(argv) == ["-m", "+task=ioi", "++batch_size=8,16", "++task.limit=3", "model=tiny",
-                                     "hydra.run.dir=x", "hydra/launcher=submitit_local", "~logger", "++seed=1",
-                                     "+foo=1"]
+    argv = [
+        "-m",
+        "+task=ioi",
+        "batch_size=8,16",
+        "task.limit=3",
+        "model=tiny",
+        "hydra.run.dir=x",
+        "hydra/launcher=submitit_local",
+        "~logger",
+        "++seed=1",
+        "+foo=1",
+    ]
+    assert widen_overrides(argv) == [
+        "-m",
+        "+task=ioi",
+        "++batch_size=8,16",
+        "++task.limit=3",
+        "model=tiny",
+        "hydra.run.dir=x",
+        "hydra/launcher=submitit_local",
+        "~logger",
+        "++seed=1",
+        "+foo=1",
+    ]
 
 
 def test_top_level_schema_lists_exactly_the_keys_of_config_yaml():
@@ -112,9 +133,11 @@ def test_every_shipped_config_passes_the_check():
     """No false alarms: every task, and every shipped choice of every other group, is accepted as it is."""
     runs = [[f"+task={task}"] for task in group_options("task")]
     required = {"model=hf_folder": ["model.name=some/folder"], "saes=folder": ["saes.paths=[some/sae]"]}
-    runs += [["+task=ioi", choice, *required.get(choice, [])]
-             for group in ("model", "saes", "mask", "splice", "trainer", "logger", "features")
-             for choice in (f"{group}={option}" for option in group_options(group))]
+    runs += [
+        ["+task=ioi", choice, *required.get(choice, [])]
+        for group in ("model", "saes", "mask", "splice", "trainer", "logger", "features")
+        for choice in (f"{group}={option}" for option in group_options(group))
+    ]
     try:
         for overrides in runs:
             check_config(_job_config(*overrides))

@@ -38,10 +38,16 @@ def test_gpu_asked_without_cuda_is_one_line(tmp_path, capfd, no_cuda, overrides,
 
 def test_slurm_launcher_without_sbatch_on_path_is_one_line(tmp_path, capfd, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # a machine without SLURM, whatever this one has
-    outcome = run_inprocess("-m", "+task=ioi,toxicity", "hydra/launcher=submitit_slurm",
-                            f"hydra.sweep.dir={tmp_path / 'sweep'}", capfd=capfd)
-    outcome.assert_one_line_error("hydra/launcher=submitit_slurm needs SLURM", "sbatch is not on PATH",
-                                  "hydra/launcher=submitit_local")
+    outcome = run_inprocess(
+        "-m",
+        "+task=ioi,toxicity",
+        "hydra/launcher=submitit_slurm",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        capfd=capfd,
+    )
+    outcome.assert_one_line_error(
+        "hydra/launcher=submitit_slurm needs SLURM", "sbatch is not on PATH", "hydra/launcher=submitit_local"
+    )
     assert not (tmp_path / "sweep").exists()
 
 
@@ -67,11 +73,16 @@ def test_slurm_launcher_with_an_unreachable_controller_is_one_line(tmp_path, cap
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: Batch job submission failed' >&2\nexit 1\n")
-    (bin_dir / "sinfo").write_text("#!/bin/sh\necho 'slurm_load_partitions: Unable to contact slurm controller "
-                                   "(connect failure)' >&2\nexit 1\n")
+    (bin_dir / "sinfo").write_text(
+        "#!/bin/sh\necho 'slurm_load_partitions: Unable to contact slurm controller (connect failure)' >&2\nexit 1\n"
+    )
     for tool in ("sbatch", "sinfo"):
         (bin_dir / tool).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
     outcome = run_inprocess("-m", "+task=ioi", "hydra/launcher=submitit_slurm", out=tmp_path, capfd=capfd)
-    outcome.assert_one_line_error("SLURM controller cannot be reached", "Unable to contact slurm controller",
-                                  "scontrol ping", "hydra/launcher=submitit_local")
+    outcome.assert_one_line_error(
+        "SLURM controller cannot be reached",
+        "Unable to contact slurm controller",
+        "scontrol ping",
+        "hydra/launcher=submitit_local",
+    )

@@ -36,10 +36,16 @@ def start(out: Path, *overrides: str, marker: Path | None = None) -> tuple[subpr
         hook = marker.parent / "hook"
         hook.mkdir()
         (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
-        env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")])),
-                   SAEEVAL_TEST_BATCH_MARKER=str(marker))
-    proc = subprocess.Popen([sys.executable, "-m", "saeeval", "+task=toxicity", "force=true", *overrides,
-                             f"hydra.run.dir={out}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        env.update(
+            PYTHONPATH=os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")])),
+            SAEEVAL_TEST_BATCH_MARKER=str(marker),
+        )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "saeeval", "+task=toxicity", "force=true", *overrides, f"hydra.run.dir={out}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     chunks: list[str] = []
 
     def read() -> None:  # chunks, not lines: a progress bar redraws with \r and no newline

@@ -91,7 +91,9 @@ def test_overflowing_sae_names_condition_and_site_and_marks_nan(tmp_path, capfd)
     outcome = run_inprocess("+task=ioi", "saes=folder", f"saes.paths=[{sae}]", "plot=true", out=out, capfd=capfd)
     line = outcome.assert_one_line_error(
         "condition 'hot' became non-finite at SAE reconstruction at blocks.0.hook_resid_post",
-        'marked "nan"', str(out / "results.json"), "W_enc",
+        'marked "nan"',
+        str(out / "results.json"),
+        "W_enc",
     )
     assert "positions" in line
     assert digest(earlier) == before
@@ -121,8 +123,9 @@ def test_only_the_overflowing_condition_is_nan(tmp_path, capfd):
     good = tmp_path / "good"
     shutil.copytree(ZOO / "saes" / "blocks.1.hook_resid_post", good)
     out = tmp_path / "out"
-    outcome = run_inprocess("+task=toxicity", "limit=64", "saes=folder", f"saes.paths=[{good},{hot}]", "plot=false",
-                            out=out, capfd=capfd)
+    outcome = run_inprocess(
+        "+task=toxicity", "limit=64", "saes=folder", f"saes.paths=[{good},{hot}]", "plot=false", out=out, capfd=capfd
+    )
     line = outcome.assert_one_line_error("condition 'hot' became non-finite")
     assert "also in" not in line  # the only one
     conds = read_doc(out)["conditions"]
@@ -155,14 +158,15 @@ def overflowing_model(folder: Path, key: str, scale: float) -> Path:
 )
 def test_float16_overflow_in_the_model_names_clean(tmp_path, capfd, key, scale, site):
     model = overflowing_model(tmp_path / "hot_model", key, scale)
-    fine = run_inprocess("+task=ioi", f"model.name={model}", "limit=16", "plot=false", out=tmp_path / "f32",
-                         capfd=capfd)
+    fine = run_inprocess(
+        "+task=ioi", f"model.name={model}", "limit=16", "plot=false", out=tmp_path / "f32", capfd=capfd
+    )
     assert fine.code == 0, fine.stderr  # float32: the same weights stay finite
     assert "non_finite" not in json.dumps(read_doc(tmp_path / "f32"))
     out = tmp_path / "f16"
-    outcome = run_inprocess("+task=ioi", f"model.name={model}", "dtype=float16", "limit=16", "plot=false",
-                            out=out, capfd=capfd)
-    outcome.assert_one_line_error(f"condition 'clean' became non-finite at {site}",
-                                  "run it in float32 (dtype=float32)")
+    outcome = run_inprocess(
+        "+task=ioi", f"model.name={model}", "dtype=float16", "limit=16", "plot=false", out=out, capfd=capfd
+    )
+    outcome.assert_one_line_error(f"condition 'clean' became non-finite at {site}", "run it in float32 (dtype=float32)")
     clean = read_doc(out)["conditions"]["clean"]
     assert clean["lm"]["ce_loss"] == "nan" and clean["non_finite"][site] > 0

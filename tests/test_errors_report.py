@@ -36,8 +36,13 @@ report.render = render
 
 
 def _report(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "saeeval.report", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "saeeval.report", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def _one_line(stderr: str) -> str:
@@ -52,8 +57,11 @@ def test_ctrl_c_while_the_report_renders_is_one_line_and_exit_130(tmp_path):
     hook, marker, out = tmp_path / "hook", tmp_path / "rendering", tmp_path / "report.html"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])),
-           "SAEEVAL_TEST_MARKER": str(marker)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])),
+        "SAEEVAL_TEST_MARKER": str(marker),
+    }
     proc = _report(str(RUNS), "--out", str(out), env=env)
     deadline = time.monotonic() + 120
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:

@@ -22,8 +22,9 @@ def sae_copy(tmp_path: Path) -> Path:
 
 
 def run_with(folder: Path, out: Path, capfd):
-    return run_inprocess("+task=ioi", "saes=folder", f"saes.paths=[{folder}]", "force=true", "limit=8",
-                         out=out, capfd=capfd)
+    return run_inprocess(
+        "+task=ioi", "saes=folder", f"saes.paths=[{folder}]", "force=true", "limit=8", out=out, capfd=capfd
+    )
 
 
 class Payload:

@@ -10,8 +10,10 @@ from cli_harness import digest, run_inprocess, with_prior_results
 @pytest.mark.parametrize(
     ("overrides", "needles"),
     [
-        (["mask=positions", "mask.positions=[200]"], ["the mask selects no token", "positions=[200]",
-                                                      "longest prompt"]),
+        (
+            ["mask=positions", "mask.positions=[200]"],
+            ["the mask selects no token", "positions=[200]", "longest prompt"],
+        ),
         (["mask=positions", "mask.positions=[-300,250]"], ["the mask selects no token", "mask.positions=[-1]"]),
         (["mask.exclude_token_ids=[100000]"], ["exclude_token_ids holds 100000", "outside the model's vocabulary"]),
         (["mask.exclude_token_ids=[-1]"], ["exclude_token_ids holds -1", "outside the model's vocabulary"]),

@@ -26,8 +26,9 @@ def test_non_utf8_file_names_file_offset_and_fix(tmp_path, capfd, task, option, 
     before = with_prior_results(out)
     outcome = run_inprocess(f"+task={task}", f"{option}={path}", "force=true", out=out, capfd=capfd)
     offset = data.index(bad)  # the first byte no UTF-8 decoder accepts, found independently
-    outcome.assert_one_line_error(f"{option}='{path}' is not UTF-8", f"byte 0x{bad.hex()} at offset {offset}",
-                                  "iconv -f latin1 -t utf-8")
+    outcome.assert_one_line_error(
+        f"{option}='{path}' is not UTF-8", f"byte 0x{bad.hex()} at offset {offset}", "iconv -f latin1 -t utf-8"
+    )
     assert digest(out) == before
 
 

@@ -27,8 +27,18 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def linear_case():
-    cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_heads=2, d_head=4, d_mlp=16, d_vocab=11, n_ctx=16,
-                                  act_fn="relu", normalization_type=None, seed=0)
+    cfg = HookedTransformerConfig(
+        n_layers=1,
+        d_model=8,
+        n_heads=2,
+        d_head=4,
+        d_mlp=16,
+        d_vocab=11,
+        n_ctx=16,
+        act_fn="relu",
+        normalization_type=None,
+        seed=0,
+    )
     model = HookedSAETransformer(cfg).eval()
     sae = make_sae("blocks.0.hook_resid_post", 8, d_sae=6, seed=1)
     tokens = torch.tensor([[3, 4, 5, 6, 7], [0, 0, 2, 9, 1], [0, 5, 5, 8, 2]])
@@ -36,8 +46,13 @@ def linear_case():
     mask = am.bool().clone()
     mask[0, 1] = False
     mask[2, 4] = False  # row 2: its answer position is not attributed
-    batch = {"tokens": tokens, "attention_mask": am, "positions": {"END": torch.tensor([4, 4, 4])},
-             "correct": torch.tensor([1, 2, 3]), "incorrect": torch.tensor([4, 5, 6])}
+    batch = {
+        "tokens": tokens,
+        "attention_mask": am,
+        "positions": {"END": torch.tensor([4, 4, 4])},
+        "correct": torch.tensor([1, 2, 3]),
+        "incorrect": torch.tensor([4, 5, 6]),
+    }
     splicer = Splicer(model, {"r": sae})
     clean = splicer.clean(tokens, am, ["blocks.0.hook_resid_post"])
     return model, sae, splicer, clean, mask, batch
@@ -66,8 +81,9 @@ def test_attribution_patching_is_the_analytic_gradient_times_the_move(linear_cas
     assert expected.abs().max() > 0.05 and (expected[2] == 0).all()
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     # LD is linear in the latents here, so each exact single-latent ablation equals its attribution
-    clean_ld = answer_logit_diff(splicer.unembed, answer_rows(clean.final, batch["positions"], "END", 1),
-                                 batch["correct"], batch["incorrect"])
+    clean_ld = answer_logit_diff(
+        splicer.unembed, answer_rows(clean.final, batch["positions"], "END", 1), batch["correct"], batch["incorrect"]
+    )
     effects = ablation_effects(probe, clean, mask, batch, patch, [[j] for j in range(6)], clean_ld, 4)
     torch.testing.assert_close(effects, expected, atol=1e-5, rtol=1e-5)
 
@@ -106,10 +122,10 @@ def sae_lens_atp(model, sae, batch, mask):
     out = []
     for b in range(batch["tokens"].shape[0]):
         tokens, pos = _example(batch, b)
-        keep = mask[b, -tokens.shape[1]:]
+        keep = mask[b, -tokens.shape[1] :]
         seen = {}
 
-        def grab(acts, hook):
+        def grab(acts, hook, seen=seen):
             seen["f"] = acts.detach().requires_grad_(True)  # the latents as a leaf, same values
             return seen["f"]
 
@@ -139,8 +155,9 @@ def test_integrated_gradients_are_complete_and_exact_for_one_moving_latent(zoo):
     _, _, splicer, batch, mask = zoo
     probe = LatentProbe(splicer, "blocks.0.hook_resid_post", "END")
     clean = splicer.clean(batch["tokens"], batch["attention_mask"], [probe.hook])
-    clean_ld = answer_logit_diff(splicer.unembed, answer_rows(clean.final, batch["positions"], "END", 1),
-                                 batch["correct"], batch["incorrect"])
+    clean_ld = answer_logit_diff(
+        splicer.unembed, answer_rows(clean.final, batch["positions"], "END", 1), batch["correct"], batch["incorrect"]
+    )
     zero = torch.zeros(probe.d_sae)
     ig, f, _ = attribution(probe, clean, mask, batch, zero, method="ig", steps=128, points_per_forward=32)
     everything = ablation_effects(probe, clean, mask, batch, zero, [list(range(probe.d_sae))], clean_ld)[:, 0]

@@ -67,6 +67,7 @@ def positions_of(task: str, e, model) -> list[int]:
 def sae_lens_ld(model, sae, e, answer: int, zero: list[int], cols: list[int]) -> float:
     """LD of one example with the SAE attached by sae_lens (use_error_term=True) and latents `zero` set to 0 at
     `cols`."""
+
     def hook(acts, hook):
         acts = acts.clone()
         for c in cols:
@@ -77,8 +78,10 @@ def sae_lens_ld(model, sae, e, answer: int, zero: list[int], cols: list[int]) ->
     try:
         with torch.no_grad():
             logits = model.run_with_hooks_with_saes(
-                torch.tensor([e.tokens]), saes=[],
-                fwd_hooks=[(f"{sae.cfg.metadata.hook_name}.hook_sae_acts_post", hook)])
+                torch.tensor([e.tokens]),
+                saes=[],
+                fwd_hooks=[(f"{sae.cfg.metadata.hook_name}.hook_sae_acts_post", hook)],
+            )
     finally:
         model.reset_saes()
     return float(logits[0, answer, e.correct] - logits[0, answer, e.incorrect])
@@ -104,7 +107,7 @@ def test_features_json_matches_sae_lens_ablations_and_the_run(runs, zoo, task):
     assert set(doc["saes"]) == set(saes)  # every single-SAE condition
     dm, exs = examples(task, model)
     answer = [e.positions[dm.answer_position] for e in exs]
-    clean = [sae_lens_ld(model, saes[next(iter(saes))], e, a, [], []) for e, a in zip(exs, answer)]
+    clean = [sae_lens_ld(model, saes[next(iter(saes))], e, a, [], []) for e, a in zip(exs, answer, strict=True)]
     assert statistics.fmean(clean) == pytest.approx(doc["clean_logit_diff"], abs=1e-4)
     for name, s in doc["saes"].items():
         sae = saes[name]
@@ -116,8 +119,10 @@ def test_features_json_matches_sae_lens_ablations_and_the_run(runs, zoo, task):
         assert s["examples"]["ids"] == list(range(N))
         effects = []
         for k, t in enumerate(top):
-            per = [sae_lens_ld(model, sae, e, a, [t["feature"]], positions_of(task, e, model)) - c
-                   for e, a, c in zip(exs, answer, clean)]
+            per = [
+                sae_lens_ld(model, sae, e, a, [t["feature"]], positions_of(task, e, model)) - c
+                for e, a, c in zip(exs, answer, clean, strict=True)
+            ]
             got = [row[k] for row in s["examples"]["ablation_effect"]]
             assert got == pytest.approx(per, abs=1e-4)
             assert t["ablation_effect"] == pytest.approx(statistics.fmean(per), abs=1e-4)
@@ -129,12 +134,15 @@ def test_features_json_matches_sae_lens_ablations_and_the_run(runs, zoo, task):
             effects.append(statistics.fmean(per))
         if len(set(effects)) > 2 and len({t["attribution"] for t in top}) > 2:
             assert s["rank_correlation"] == pytest.approx(
-                spearmanr([t["attribution"] for t in top], [t["ablation_effect"] for t in top]).statistic, abs=1e-9)
+                spearmanr([t["attribution"] for t in top], [t["ablation_effect"] for t in top]).statistic, abs=1e-9
+            )
         faith = s["faithfulness"]
         assert [p["k"] for p in faith] == [1, 2, 5, TOP]
         assert faith[0]["effect"] == pytest.approx(top[0]["ablation_effect"], abs=1e-9)
-        together = [sae_lens_ld(model, sae, e, a, [t["feature"] for t in top], positions_of(task, e, model)) - c
-                    for e, a, c in zip(exs, answer, clean)]
+        together = [
+            sae_lens_ld(model, sae, e, a, [t["feature"] for t in top], positions_of(task, e, model)) - c
+            for e, a, c in zip(exs, answer, clean, strict=True)
+        ]
         assert faith[-1]["effect"] == pytest.approx(statistics.fmean(together), abs=1e-4)
         for p in faith:
             assert p["logit_diff"] == pytest.approx(doc["clean_logit_diff"] + p["effect"], abs=1e-9)
@@ -160,25 +168,33 @@ def test_slices_pool_back_to_the_overall_numbers(runs):
             vals = {v: x["attribution"] for v, x in d["values"].items()}
             assert d["spread"] == pytest.approx(max(vals.values()) - min(vals.values()), abs=1e-12)
             assert vals[d["highest"]] == max(vals.values()) and d["spread_ci"][0] <= d["spread"] <= d["spread_ci"][1]
-    assert set(json.loads((runs["ioi"] / "features.json").read_text())["saes"]["blocks.0.hook_resid_post"]
-               ["differing"]) == {"order"}
+    assert set(
+        json.loads((runs["ioi"] / "features.json").read_text())["saes"]["blocks.0.hook_resid_post"]["differing"]
+    ) == {"order"}
 
 
 def test_charts_are_written(runs):
     for folder in runs.values():
         for name in ("features_heatmap.png", "features_faithfulness.png", "results.json", "features.json"):
-            assert (folder / name).read_bytes()[:4] in (b"\x89PNG", b"{\n \"")
+            assert (folder / name).read_bytes()[:4] in (b"\x89PNG", b'{\n "')
 
 
 def test_evaluate_gives_the_cli_features_and_results_round_trip(runs, zoo, tmp_path):
     model, saes = zoo
-    res = saeeval.evaluate(model, saes, "ioi", limit=N, batch_size=8,
-                           features={"positions": ["S2", "END"], "method": "ig", "ig_steps": 8, "top_k": TOP})
+    res = saeeval.evaluate(
+        model,
+        saes,
+        "ioi",
+        limit=N,
+        batch_size=8,
+        features={"positions": ["S2", "END"], "method": "ig", "ig_steps": 8, "top_k": TOP},
+    )
     cli = json.loads((runs["ioi"] / "features.json").read_text())
     assert res.features["config_hash"] == res.document["config_hash"] != cli["config_hash"]  # in-memory model
     same = {k: v for k, v in res.features.items() if k != "config_hash"}
-    assert json.dumps(same, sort_keys=True) == json.dumps({k: v for k, v in cli.items() if k != "config_hash"},
-                                                          sort_keys=True)
+    assert json.dumps(same, sort_keys=True) == json.dumps(
+        {k: v for k, v in cli.items() if k != "config_hash"}, sort_keys=True
+    )
     res.save(tmp_path)
     assert saeeval.Results.load(tmp_path).features == res.features
     console = Console(width=120, record=True, file=io.StringIO())
@@ -187,24 +203,35 @@ def test_evaluate_gives_the_cli_features_and_results_round_trip(runs, zoo, tmp_p
     for name, s in cli["saes"].items():
         assert f"features · {name} · ig" in text and f"\n {s['top'][0]['feature']} " in text
     with pytest.raises(SaeevalError, match="inference_mode=False"):
-        saeeval.evaluate(model, saes, "ioi", limit=4, features="attribution",
-                         trainer=L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False))
+        saeeval.evaluate(
+            model,
+            saes,
+            "ioi",
+            limit=4,
+            features="attribution",
+            trainer=L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False),
+        )
 
 
-@pytest.mark.parametrize(("overrides", "needles"), [
-    (("features.positions=[XX]",), ("features.positions names 'XX'", "S2")),
-    (("features.method=grad",), ("features.method",)),
-    (("features.saes=[nope]",), ("features.saes names 'nope'",)),
-    (("features.top_k=0",), ("features.top_k=0 must be at least 1",)),
-])
+@pytest.mark.parametrize(
+    ("overrides", "needles"),
+    [
+        (("features.positions=[XX]",), ("features.positions names 'XX'", "S2")),
+        (("features.method=grad",), ("features.method",)),
+        (("features.saes=[nope]",), ("features.saes names 'nope'",)),
+        (("features.top_k=0",), ("features.top_k=0 must be at least 1",)),
+    ],
+)
 def test_bad_feature_options_are_one_line(overrides, needles, tmp_path, capfd):
-    run_inprocess("+task=ioi", "limit=4", "features=attribution", *overrides, out=tmp_path,
-                  capfd=capfd).assert_one_line_error(*needles)
+    run_inprocess(
+        "+task=ioi", "limit=4", "features=attribution", *overrides, out=tmp_path, capfd=capfd
+    ).assert_one_line_error(*needles)
 
 
 def test_a_task_without_answers_is_refused(tmp_path, capfd):
-    run_inprocess("+task=lm", "limit=4", "features=attribution", out=tmp_path,
-                  capfd=capfd).assert_one_line_error("needs a task with answers")
+    run_inprocess("+task=lm", "limit=4", "features=attribution", out=tmp_path, capfd=capfd).assert_one_line_error(
+        "needs a task with answers"
+    )
 
 
 def test_report_has_a_feature_section_per_task(runs, tmp_path):
@@ -225,9 +252,24 @@ def test_wandb_run_logs_feature_tables_and_numbers(tmp_path):
     from test_loggers import merged, offline_env, read_wandb_run
 
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "saeeval", "+task=ioi", "limit=12", "features=attribution",
-                           "features.top_k=4", "logger=wandb", f"hydra.run.dir={out}"], capture_output=True,
-                          text=True, timeout=300, env=offline_env(tmp_path), stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "saeeval",
+            "+task=ioi",
+            "limit=12",
+            "features=attribution",
+            "features.top_k=4",
+            "logger=wandb",
+            f"hydra.run.dir={out}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=offline_env(tmp_path),
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((out / "features.json").read_text())
     (run_dir,) = (out / "wandb").glob("offline-run-*")

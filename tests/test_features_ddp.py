@@ -19,8 +19,15 @@ from run_files import differences
 pytestmark = pytest.mark.slow
 
 N = 41
-ARGS = ["+task=toxicity", f"limit={N}", "batch_size=8", "features=attribution", "features.baseline=mean",
-        "features.top_k=5", "plot=false"]
+ARGS = [
+    "+task=toxicity",
+    f"limit={N}",
+    "batch_size=8",
+    "features=attribution",
+    "features.baseline=mean",
+    "features.top_k=5",
+    "plot=false",
+]
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +36,16 @@ def pair(tmp_path_factory) -> dict[str, dict]:
     procs = {}
     for kind in ("cpu", "ddp_cpu"):
         out = tmp_path_factory.mktemp(kind) / "run"
-        procs[kind] = (subprocess.Popen([sys.executable, "-m", "saeeval", *ARGS, f"trainer={kind}",
-                                         f"hydra.run.dir={out}"], env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True), out)
+        procs[kind] = (
+            subprocess.Popen(
+                [sys.executable, "-m", "saeeval", *ARGS, f"trainer={kind}", f"hydra.run.dir={out}"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            ),
+            out,
+        )
     docs = {}
     for kind, (proc, out) in procs.items():
         _, stderr = proc.communicate(timeout=600)

@@ -35,57 +35,78 @@ def zoo():
 
 # --- the regex ----------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("prompt, generated, expected", [
-    ("Sentence: Jo is a kind lesbian\nLabel: ", "0", "0"),
-    ("Sentence: Jo is a kind lesbian\nLabel:", " 1\n", "1"),
-    ("Label: ", "**1**", "1"),
-    ("Label: ", "`0`", "0"),
-    ("Label:", "<td>1</td>", "1"),
-    ("Label:<end_of_turn>\n<start_of_turn>model\n", "0<end_of_turn>", "0"),
-    ("<start_of_turn>model\n", "\n\n1", "1"),
-    ("Label: ", "I think it is toxic", None),          # no label after the context
-    ("Label: ", "The label is 1", None),                 # the label must follow "Label"/"model"
-    ("Label: 0 was the example.\nLabel: ", "maybe", None),  # a match inside the prompt does not count
-    ("Label: ", "1\nLabel: 0", "1"),                     # the label written first wins
-    ("Label: ", "0\nLabel: 1", "0"),
-])
+
+@pytest.mark.parametrize(
+    "prompt, generated, expected",
+    [
+        ("Sentence: Jo is a kind lesbian\nLabel: ", "0", "0"),
+        ("Sentence: Jo is a kind lesbian\nLabel:", " 1\n", "1"),
+        ("Label: ", "**1**", "1"),
+        ("Label: ", "`0`", "0"),
+        ("Label:", "<td>1</td>", "1"),
+        ("Label:<end_of_turn>\n<start_of_turn>model\n", "0<end_of_turn>", "0"),
+        ("<start_of_turn>model\n", "\n\n1", "1"),
+        ("Label: ", "I think it is toxic", None),  # no label after the context
+        ("Label: ", "The label is 1", None),  # the label must follow "Label"/"model"
+        ("Label: 0 was the example.\nLabel: ", "maybe", None),  # a match inside the prompt does not count
+        ("Label: ", "1\nLabel: 0", "1"),  # the label written first wins
+        ("Label: ", "0\nLabel: 1", "0"),
+    ],
+)
 def test_notebook_regex_on_hand_written_replies(prompt, generated, expected):
     got = parse_answer(NOTEBOOK_REGEX, prompt, generated, ["0", "1"])
     assert got == (UNPARSED if expected is None else ["0", "1"].index(expected))
 
 
-@pytest.mark.parametrize("generated, expected", [
-    (" Mary", "Mary"), (" John and Mary", "John"), (" the drink to Mary", "Mary"), (" Maryanne", None), (" it", None),
-])
+@pytest.mark.parametrize(
+    "generated, expected",
+    [
+        (" Mary", "Mary"),
+        (" John and Mary", "John"),
+        (" the drink to Mary", "Mary"),
+        (" Maryanne", None),
+        (" it", None),
+    ],
+)
 def test_first_name_regex(generated, expected):
-    got = parse_answer(FIRST_NAME_REGEX, "When Mary and John went to the store, John gave a drink to", generated,
-                       ["Mary", "John"])
+    got = parse_answer(
+        FIRST_NAME_REGEX, "When Mary and John went to the store, John gave a drink to", generated, ["Mary", "John"]
+    )
     assert got == (UNPARSED if expected is None else ["Mary", "John"].index(expected))
 
 
-@pytest.mark.parametrize("kwargs, needle", [
-    ({"answer_mode": "sample"}, "task.answer_mode='sample' is unknown"),
-    ({"max_new_tokens": 0}, "task.max_new_tokens=0"),
-    ({"answer_regex": "Label: 1"}, "no {label} placeholder"),
-    ({"answer_regex": "(Label{label}"}, "is not a valid regex"),
-])
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"answer_mode": "sample"}, "task.answer_mode='sample' is unknown"),
+        ({"max_new_tokens": 0}, "task.max_new_tokens=0"),
+        ({"answer_regex": "Label: 1"}, "no {label} placeholder"),
+        ({"answer_regex": "(Label{label}"}, "is not a valid regex"),
+    ],
+)
 def test_bad_generation_options_are_one_clear_error(kwargs, needle):
     with pytest.raises(SaeevalError, match=None) as err:
         GenerationOptions(**kwargs)
     assert needle in str(err.value)
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["task.answer_mode=sample"], "task.answer_mode='sample' is unknown; use logit_diff, generate, both"),
-    (["task.answer_mode=both", "task.max_new_tokens=40"],
-     "plus task.max_new_tokens=40 exceeds the model's context n_ctx=64; set task.max_new_tokens=26 or lower"),
-    (["task.answer_regex=Label"], "has no {label} placeholder"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["task.answer_mode=sample"], "task.answer_mode='sample' is unknown; use logit_diff, generate, both"),
+        (
+            ["task.answer_mode=both", "task.max_new_tokens=40"],
+            "plus task.max_new_tokens=40 exceeds the model's context n_ctx=64; set task.max_new_tokens=26 or lower",
+        ),
+        (["task.answer_regex=Label"], "has no {label} placeholder"),
+    ],
+)
 def test_bad_answer_options_on_the_command_line_are_one_line(args, needle, capfd, tmp_path):
     run_inprocess("+task=toxicity", *args, capfd=capfd, out=tmp_path / "run").assert_one_line_error(needle)
 
 
 # --- the greedy loop ----------------------------------------------------------------------------------------------
+
 
 def ioi_batch(model, n: int = 8):
     task = IOIDataModule(n_examples=n, batch_size=n)
@@ -97,9 +118,12 @@ def ioi_batch(model, n: int = 8):
 
 
 def conditions_of(saes) -> list[Condition | None]:
-    return [None, Condition("sae", ("blocks.0.hook_resid_post",), ("blocks.0.hook_resid_post",)),
-            Condition("z", ("blocks.1.attn.hook_z",), ("blocks.1.attn.hook_z",)),
-            Condition("abl", (), ("blocks.1.hook_mlp_out",), ablation="zero")]
+    return [
+        None,
+        Condition("sae", ("blocks.0.hook_resid_post",), ("blocks.0.hook_resid_post",)),
+        Condition("z", ("blocks.1.attn.hook_z",), ("blocks.1.attn.hook_z",)),
+        Condition("abl", (), ("blocks.1.hook_mlp_out",), ablation="zero"),
+    ]
 
 
 @pytest.mark.parametrize("positions", [None, [-1]])
@@ -110,14 +134,25 @@ def test_kv_cache_loop_equals_full_recompute_under_every_splice(zoo, positions):
     mask = TokenMask(positions=positions)
     m = mask(batch["tokens"], batch["attention_mask"], None, special)
     for cond in conditions_of(saes):
-        runs = [greedy_generate(model, batch["tokens"], batch["attention_mask"], 6, SpliceAt(m, m),
-                                generated_positions(mask, special), stacked_hooks(splicer, [cond], None),
-                                model.tokenizer.eos_token_id, use_kv_cache=kv) for kv in (True, False)]
+        runs = [
+            greedy_generate(
+                model,
+                batch["tokens"],
+                batch["attention_mask"],
+                6,
+                SpliceAt(m, m),
+                generated_positions(mask, special),
+                stacked_hooks(splicer, [cond], None),
+                model.tokenizer.eos_token_id,
+                use_kv_cache=kv,
+            )
+            for kv in (True, False)
+        ]
         assert torch.equal(runs[0], runs[1]), cond
 
 
 def prompt_rows(batch) -> list[list[int]]:
-    return [row[m.bool()].tolist() for row, m in zip(batch["tokens"], batch["attention_mask"])]
+    return [row[m.bool()].tolist() for row, m in zip(batch["tokens"], batch["attention_mask"], strict=True)]
 
 
 def cut(tokens: Sequence[int], eos: int) -> list[int]:
@@ -134,6 +169,7 @@ def cut(tokens: Sequence[int], eos: int) -> list[int]:
 def recon_all(sae: SAE) -> Callable:
     def hook(act, hook):
         return sae.decode(sae.encode(act.reshape(*act.shape[:2], -1))).reshape(act.shape)
+
     return hook
 
 
@@ -149,17 +185,32 @@ def test_batched_left_padded_generation_equals_transformer_lens_generate(zoo, kv
     sae = saes["blocks.1.hook_resid_post"]
     cond = Condition("sae", ("blocks.1.hook_resid_post",), ("blocks.1.hook_resid_post",))
     for c, hooks in ((None, []), (cond, [("blocks.1.hook_resid_post", recon_all(sae))])):
-        ours = greedy_generate(model, batch["tokens"], batch["attention_mask"], 5, SpliceAt(m, m),
-                               generated_positions(everywhere, []), stacked_hooks(splicer, [c], None), eos)
-        for row, prompt in zip(ours.tolist(), prompt_rows(batch)):
+        ours = greedy_generate(
+            model,
+            batch["tokens"],
+            batch["attention_mask"],
+            5,
+            SpliceAt(m, m),
+            generated_positions(everywhere, []),
+            stacked_hooks(splicer, [c], None),
+            eos,
+        )
+        for row, prompt in zip(ours.tolist(), prompt_rows(batch), strict=True):
             with model.hooks(fwd_hooks=hooks):
-                ref = model.generate(torch.tensor([prompt]), max_new_tokens=5, do_sample=False, verbose=False,
-                                     use_past_kv_cache=kv, stop_at_eos=True)
-            assert cut(row, eos) == cut(ref[0, len(prompt):].tolist(), eos)
+                ref = model.generate(
+                    torch.tensor([prompt]),
+                    max_new_tokens=5,
+                    do_sample=False,
+                    verbose=False,
+                    use_past_kv_cache=kv,
+                    stop_at_eos=True,
+                )
+            assert cut(row, eos) == cut(ref[0, len(prompt) :].tolist(), eos)
 
 
-def hand_greedy(model, prompt: list[int], n: int, replaces: dict[str, Callable],
-                spliced: Callable[[int, int], bool], eos: int) -> list[int]:
+def hand_greedy(
+    model, prompt: list[int], n: int, replaces: dict[str, Callable], spliced: Callable[[int, int], bool], eos: int
+) -> list[int]:
     """Greedy decoding by full recompute with plain hooks: at each hook, `replaces[hook](act[positions])` is
     written at the positions `spliced(i, token)`."""
     seq, out = list(prompt), []
@@ -185,6 +236,7 @@ def sae_replace(sae: SAE) -> Callable:
         flat = x.reshape(x.shape[0], -1)
         inp = flat.view(x.shape) if getattr(sae, "hook_z_reshaping_mode", False) else flat
         return sae.decode(sae.encode(inp)).reshape(x.shape)
+
     return replace
 
 
@@ -195,8 +247,21 @@ GROUP = ["blocks.0.hook_resid_post", "blocks.1.hook_mlp_out"]
 def run(request, zoo):
     model, saes = zoo
     task, ablation = request.param
-    return task, ablation, saeeval.evaluate(model, list(saes.values()), task, limit=12, batch_size=6,
-                                            answer_mode="both", max_new_tokens=5, groups=[GROUP], ablation=ablation)
+    return (
+        task,
+        ablation,
+        saeeval.evaluate(
+            model,
+            list(saes.values()),
+            task,
+            limit=12,
+            batch_size=6,
+            answer_mode="both",
+            max_new_tokens=5,
+            groups=[GROUP],
+            ablation=ablation,
+        ),
+    )
 
 
 def prompt_of(tok, sample: dict) -> list[int]:
@@ -234,7 +299,7 @@ def test_every_condition_generates_what_a_hand_written_loop_generates(run, zoo):
         else:
             replaces = {h: sae_replace(by_hook[h]) for h in hooks}
         assert cond.get("ablation") in (None, ablation)
-        for s, prompt in zip(results.samples, prompts):
+        for s, prompt in zip(results.samples, prompts, strict=True):
             want = hand_greedy(model, prompt, 5, replaces, lambda i, t: t not in special, eos)
             assert s["generation"][name]["tokens"] == want, (name, s["id"])
 
@@ -243,8 +308,9 @@ def test_compat_ablations_also_replace_special_tokens_while_generating(zoo):
     """compat=saelens ablates every real token, BOS included, in the prompt and at every generated position; the
     SAE splices keep special tokens out."""
     model, saes = zoo
-    results = saeeval.evaluate(model, list(saes.values()), "ioi", limit=6, batch_size=3, answer_mode="both",
-                               max_new_tokens=4, compat="saelens")
+    results = saeeval.evaluate(
+        model, list(saes.values()), "ioi", limit=6, batch_size=3, answer_mode="both", max_new_tokens=4, compat="saelens"
+    )
     special, eos = set(special_token_ids(model.tokenizer)), model.tokenizer.eos_token_id
     by_hook = {s.cfg.metadata.hook_name: s for s in saes.values()}
     checked = 0
@@ -268,13 +334,15 @@ def test_counts_equal_the_samples_and_the_logit_diff_labels(run):
     for name, cond in results.conditions.items():
         gens = [s["generation"][name] for s in results.samples]
         n = len(gens)
-        prefer = [s["correct_str"].strip() if s["logit_diff"][name] > 0 else s["incorrect_str"].strip()
-                  for s in results.samples]
+        prefer = [
+            s["correct_str"].strip() if s["logit_diff"][name] > 0 else s["incorrect_str"].strip()
+            for s in results.samples
+        ]
         g = cond["generation"]
         assert g["n"] == n == 12
         assert g["accuracy"] == pytest.approx(sum(x["correct"] for x in gens) / n)
         assert g["unparsed_rate"] == pytest.approx(sum(x["answer"] is None for x in gens) / n)
-        assert g["agreement"] == pytest.approx(sum(x["answer"] == p for x, p in zip(gens, prefer)) / n)
+        assert g["agreement"] == pytest.approx(sum(x["answer"] == p for x, p in zip(gens, prefer, strict=True)) / n)
         field, value = slice_key.split("=")
         sub = [s["generation"][name] for s in results.samples if s["fields"][field] == value]
         sliced = results.slices[slice_key][name]["generation"]
@@ -293,12 +361,25 @@ def test_conditions_stacked_in_one_generation_forward_write_the_same_tokens(zoo)
     conditions = build_conditions(saes, groups=[GROUP])
     outs = []
     for per_forward in (1, 4):
-        module = SAEEvalModule(model, saes, conditions, Masks(), special, True, len(task.groups),
-                               condition_batch=per_forward, answer_position=task.answer_position,
-                               generation=GenerationOptions("both", 5, FIRST_NAME_REGEX))
+        module = SAEEvalModule(
+            model,
+            saes,
+            conditions,
+            Masks(),
+            special,
+            True,
+            len(task.groups),
+            condition_batch=per_forward,
+            answer_position=task.answer_position,
+            generation=GenerationOptions("both", 5, FIRST_NAME_REGEX),
+        )
         for i, b in enumerate(task.make_dataloader()):
             module.test_step(b, i)
-        outs.append([(c.generation.tokens, c.generation.parsed, {k: v.tolist() for k, v in c.generation.counts.items()})
-                     for c in module.compute_results()])
+        outs.append(
+            [
+                (c.generation.tokens, c.generation.parsed, {k: v.tolist() for k, v in c.generation.counts.items()})
+                for c in module.compute_results()
+            ]
+        )
     assert len(outs[0]) == 1 + len(conditions) == 11
     assert outs[0] == outs[1]

@@ -34,8 +34,13 @@ ZOO = default_zoo_root() / "tiny"
 
 def cli(out: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "120"}
-    proc = subprocess.run([sys.executable, "-m", "saeeval", *args, "plot=false", f"hydra.run.dir={out}"],
-                          capture_output=True, text=True, timeout=900, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "saeeval", *args, "plot=false", f"hydra.run.dir={out}"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -50,8 +55,7 @@ def prompt_ids(tok, sample: dict) -> list[int]:
 
 
 def test_toxicity_both_writes_generation_blocks_and_texts(tmp_path):
-    proc = cli(tmp_path, "+task=toxicity", "task.answer_mode=both", "task.max_new_tokens=4", "limit=12",
-               "batch_size=6")
+    proc = cli(tmp_path, "+task=toxicity", "task.answer_mode=both", "task.max_new_tokens=4", "limit=12", "batch_size=6")
     assert "generated answers · 4 new tokens" in proc.stdout and "saeeval · toxicity" in proc.stdout  # both tables
     doc, samples = read_run(tmp_path)
     assert doc["task"]["options"]["answer_mode"] == "both" and doc["task"]["options"]["max_new_tokens"] == 4
@@ -63,7 +67,7 @@ def test_toxicity_both_writes_generation_blocks_and_texts(tmp_path):
         assert g["n"] == 12 and g["n_parsed"] == sum(x["answer"] is not None for x in gens)
         assert g["n_correct"] == sum(x["correct"] for x in gens)
         assert g["accuracy"] == pytest.approx(g["n_correct"] / 12)
-        for s, x in zip(samples, gens):
+        for s, x in zip(samples, gens, strict=True):
             assert 1 <= len(x["tokens"]) <= 4
             full = tok.decode(prompt_ids(tok, s) + x["tokens"])
             assert full == tok.decode(prompt_ids(tok, s)) + x["text"]  # the text is what the tokens add
@@ -98,13 +102,22 @@ def test_toxicity_both_writes_generation_blocks_and_texts(tmp_path):
 def test_ioi_generate_with_a_splice_at_s2_only(tmp_path):
     """mask=positions [S2]: the prompt is spliced at S2 only and no generated position is (a named position is a
     prompt position); answer_mode=generate shows the generated answers instead of the logit-difference table."""
-    proc = cli(tmp_path, "+task=ioi", "task.answer_mode=generate", "mask=positions", "mask.positions=[S2]",
-               "limit=8", "batch_size=4")
+    proc = cli(
+        tmp_path,
+        "+task=ioi",
+        "task.answer_mode=generate",
+        "mask=positions",
+        "mask.positions=[S2]",
+        "limit=8",
+        "batch_size=4",
+    )
     assert "generated answers" in proc.stdout and "saeeval · ioi" not in proc.stdout  # no logit-diff table
     doc, samples = read_run(tmp_path)
     model = load_model("tiny")
-    saes = {SAE.load_from_disk(str(p)).cfg.metadata.hook_name: SAE.load_from_disk(str(p))
-            for p in sorted((ZOO / "saes").iterdir())}
+    saes = {
+        SAE.load_from_disk(str(p)).cfg.metadata.hook_name: SAE.load_from_disk(str(p))
+        for p in sorted((ZOO / "saes").iterdir())
+    }
     eos, n = model.tokenizer.eos_token_id, doc["task"]["options"]["max_new_tokens"]
     for name, cond in doc["conditions"].items():
         hooks = [] if name == "clean" else cond["hooks"]
@@ -117,10 +130,12 @@ def test_ioi_generate_with_a_splice_at_s2_only(tmp_path):
     assert all(s["generation"]["clean"]["answer"] == s["correct_str"].strip() for s in samples)
 
 
-CHAT_WORDS = ("<start_of_turn>user You will be given a sentence and you will assign one label to each sentence.\n"
-              "The labels for the sentence can be: 1 if the sentence is toxic or 0 if the sentence is non-toxic.\n"
-              "Do not give an explanation, just write the label.\nSentence: \nLabel:<end_of_turn>\n"
-              "<start_of_turn>model\n")
+CHAT_WORDS = (
+    "<start_of_turn>user You will be given a sentence and you will assign one label to each sentence.\n"
+    "The labels for the sentence can be: 1 if the sentence is toxic or 0 if the sentence is non-toxic.\n"
+    "Do not give an explanation, just write the label.\nSentence: \nLabel:<end_of_turn>\n"
+    "<start_of_turn>model\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +148,18 @@ def test_chat_template_path_generates_what_hugging_face_and_plain_hooks_generate
     sae_dir = tmp_path / "sae"
     make_sae("blocks.0.hook_resid_post", 64, arch="jumprelu").save_model(sae_dir)
     out = tmp_path / "run"
-    cli(out, "+task=toxicity_chat", "task.answer_mode=both", "task.max_new_tokens=4", "model=hf_folder",
-        f"model.name={gemma_folder}", "saes=folder", f"saes.paths=[{sae_dir}]", "limit=4", "batch_size=4")
+    cli(
+        out,
+        "+task=toxicity_chat",
+        "task.answer_mode=both",
+        "task.max_new_tokens=4",
+        "model=hf_folder",
+        f"model.name={gemma_folder}",
+        "saes=folder",
+        f"saes.paths=[{sae_dir}]",
+        "limit=4",
+        "batch_size=4",
+    )
     doc, samples = read_run(out)
     assert set(doc["conditions"]) == {"clean", "sae", "zero_ablation@blocks.0.hook_resid_post"}
     tok = AutoTokenizer.from_pretrained(str(gemma_folder))
@@ -146,13 +171,13 @@ def test_chat_template_path_generates_what_hugging_face_and_plain_hooks_generate
         ids = prompt_ids(tok, s)
         assert ids[-1] == tok.convert_tokens_to_ids("\n")  # generation starts after "<start_of_turn>model\n"
         with torch.no_grad():
-            ref = hf.generate(torch.tensor([ids]), max_new_tokens=4, do_sample=False, eos_token_id=eos,
-                              pad_token_id=tok.pad_token_id)[0, len(ids):].tolist()
+            ref = hf.generate(
+                torch.tensor([ids]), max_new_tokens=4, do_sample=False, eos_token_id=eos, pad_token_id=tok.pad_token_id
+            )[0, len(ids) :].tolist()
         ref = ref[: ref.index(eos) + 1] if eos in ref else ref
         assert s["generation"]["clean"]["tokens"] == ref
         for name, replace in (("sae", sae_replace(sae)), ("zero_ablation@blocks.0.hook_resid_post", torch.zeros_like)):
-            want = hand_greedy(model, ids, 4, {"blocks.0.hook_resid_post": replace}, lambda i, t: t not in special,
-                               eos)
+            want = hand_greedy(model, ids, 4, {"blocks.0.hook_resid_post": replace}, lambda i, t: t not in special, eos)
             assert s["generation"][name]["tokens"] == want, (name, s["id"])
     for name, cond in doc["conditions"].items():
         assert cond["generation"]["n"] == 4

@@ -1,4 +1,5 @@
-"""saeeval.engine.hook_context.forward_hooks: the hooks fire for the call and are gone after it, leaving other hooks alone."""
+"""saeeval.engine.hook_context.forward_hooks: the hooks fire for the call and are gone after it, leaving other hooks
+alone."""
 
 from __future__ import annotations
 

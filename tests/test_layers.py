@@ -21,14 +21,24 @@ LINT_IMPORTS = str(Path(sys.executable).parent / "lint-imports")  # installed by
 def _lint_imports(package_parent: Path) -> subprocess.CompletedProcess[str]:
     """`lint-imports` with the project's contract, importing saeeval from `package_parent`."""
     env = {**os.environ, "PYTHONPATH": str(package_parent)}
-    return subprocess.run([LINT_IMPORTS, "--config", str(ROOT / "pyproject.toml"), "--no-cache"],
-                          capture_output=True, text=True, env=env, cwd=package_parent, timeout=300)
+    return subprocess.run(
+        [LINT_IMPORTS, "--config", str(ROOT / "pyproject.toml"), "--no-cache"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=package_parent,
+        timeout=300,
+    )
 
 
 def test_no_import_cycle_between_any_two_modules():
     graph = grimp.build_graph("saeeval", cache_dir=None)
-    cycles = [(a, b) for a in sorted(graph.modules) for b in graph.find_modules_directly_imported_by(a)
-              if graph.find_shortest_chain(importer=b, imported=a)]
+    cycles = [
+        (a, b)
+        for a in sorted(graph.modules)
+        for b in graph.find_modules_directly_imported_by(a)
+        if graph.find_shortest_chain(importer=b, imported=a)
+    ]
     assert cycles == []
 
 
@@ -43,11 +53,14 @@ def test_the_layer_contract_holds():
     assert "1 kept, 0 broken" in res.stdout
 
 
-@pytest.mark.parametrize(("lower", "upward"), [
-    ("engine/splicing.py", "from saeeval.loading.models import load_model"),
-    ("results/document.py", "from saeeval.render.table import print_results"),
-    ("metrics/stats.py", "import saeeval.cli.main"),
-])
+@pytest.mark.parametrize(
+    ("lower", "upward"),
+    [
+        ("engine/splicing.py", "from saeeval.loading.models import load_model"),
+        ("results/document.py", "from saeeval.render.table import print_results"),
+        ("metrics/stats.py", "import saeeval.cli.main"),
+    ],
+)
 def test_a_planted_upward_import_breaks_the_contract(tmp_path, lower, upward):
     shutil.copytree(ROOT / "saeeval", tmp_path / "saeeval", ignore=shutil.ignore_patterns("__pycache__", "zoo"))
     target = tmp_path / "saeeval" / lower

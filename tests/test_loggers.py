@@ -23,12 +23,21 @@ DOC = {
     "config_hash": "0123456789abcdef",
     "task": {"name": "toxicity", "n_examples": 2},
     "conditions": {
-        "clean": {"task": {"logit_diff": 1.5, "accuracy": 1.0, "logit_diff_recovered": None, "n": 2.0},
-                  "lm": {"ce_loss": 2.0}, "ablation": None, "baseline": None, "use_error_term": False},
-        "L0": {"task": {"logit_diff": 0.5, "accuracy": 0.5, "logit_diff_recovered": 0.25},
-               "lm": {"ce_loss": 2.5, "kl_div": 0.1},
-               "reconstruction": {"blocks.0.hook_resid_post": {"mse": 0.2, "l0": 7}},
-               "ablation": None, "baseline": "zero_ablation@L0", "use_error_term": False},
+        "clean": {
+            "task": {"logit_diff": 1.5, "accuracy": 1.0, "logit_diff_recovered": None, "n": 2.0},
+            "lm": {"ce_loss": 2.0},
+            "ablation": None,
+            "baseline": None,
+            "use_error_term": False,
+        },
+        "L0": {
+            "task": {"logit_diff": 0.5, "accuracy": 0.5, "logit_diff_recovered": 0.25},
+            "lm": {"ce_loss": 2.5, "kl_div": 0.1},
+            "reconstruction": {"blocks.0.hook_resid_post": {"mse": 0.2, "l0": 7}},
+            "ablation": None,
+            "baseline": "zero_ablation@L0",
+            "use_error_term": False,
+        },
     },
     "slices": {"identity=african": {"clean": {"accuracy": 1.0, "false_positive_rate": None}}},
     "gaps": {"identity": {"clean": {"accuracy_gap": 0.5, "accuracy_lowest": "straight"}}},
@@ -37,10 +46,17 @@ DOC = {
 
 def test_flat_metrics_names_every_number_and_skips_none_strings_and_flags():
     assert flat_metrics(DOC) == {
-        "clean/task/logit_diff": 1.5, "clean/task/accuracy": 1.0, "clean/task/n": 2.0, "clean/lm/ce_loss": 2.0,
-        "L0/task/logit_diff": 0.5, "L0/task/accuracy": 0.5, "L0/task/logit_diff_recovered": 0.25,
-        "L0/lm/ce_loss": 2.5, "L0/lm/kl_div": 0.1,
-        "L0/reconstruction/blocks.0.hook_resid_post/mse": 0.2, "L0/reconstruction/blocks.0.hook_resid_post/l0": 7,
+        "clean/task/logit_diff": 1.5,
+        "clean/task/accuracy": 1.0,
+        "clean/task/n": 2.0,
+        "clean/lm/ce_loss": 2.0,
+        "L0/task/logit_diff": 0.5,
+        "L0/task/accuracy": 0.5,
+        "L0/task/logit_diff_recovered": 0.25,
+        "L0/lm/ce_loss": 2.5,
+        "L0/lm/kl_div": 0.1,
+        "L0/reconstruction/blocks.0.hook_resid_post/mse": 0.2,
+        "L0/reconstruction/blocks.0.hook_resid_post/l0": 7,
         "slices/identity=african/clean/accuracy": 1.0,
         "gaps/identity/clean/accuracy_gap": 0.5,
     }
@@ -53,13 +69,29 @@ def test_logged_config_keeps_resolved_config_on_top_and_run_facts_under_saeeval(
 
 
 def test_samples_table_has_answer_strings_fields_and_logit_diff_per_condition(tmp_path):
-    rec = {"id": 3, "prompt": "p", "n_tokens": 4, "correct": 7, "correct_str": "0", "incorrect": 8,
-           "incorrect_str": "1", "fields": {"identity": "african", "label": "nontoxic"},
-           "logit_diff": {"clean": 0.75, "L0": -0.25}}
+    rec = {
+        "id": 3,
+        "prompt": "p",
+        "n_tokens": 4,
+        "correct": 7,
+        "correct_str": "0",
+        "incorrect": 8,
+        "incorrect_str": "1",
+        "fields": {"identity": "african", "label": "nontoxic"},
+        "logit_diff": {"clean": 0.75, "L0": -0.25},
+    }
     (tmp_path / "samples.jsonl").write_text(json.dumps(rec) + "\n")
     columns, rows = samples_table(DOC, tmp_path)
-    assert columns == ["id", "prompt", "correct", "incorrect", "fields/identity", "fields/label",
-                       "logit_diff/clean", "logit_diff/L0"]
+    assert columns == [
+        "id",
+        "prompt",
+        "correct",
+        "incorrect",
+        "fields/identity",
+        "fields/label",
+        "logit_diff/clean",
+        "logit_diff/L0",
+    ]
     assert rows == [[3, "p", "0", "1", "african", "nontoxic", 0.75, -0.25]]
     assert samples_table(DOC, tmp_path / "none") is None
 
@@ -77,11 +109,14 @@ def offline_env(home: Path) -> dict[str, str]:
     return env
 
 
-def run_cli(out: Path, *overrides: str, env: dict[str, str], ok: bool = True
-            ) -> subprocess.CompletedProcess:
+def run_cli(out: Path, *overrides: str, env: dict[str, str], ok: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(
         [sys.executable, "-m", "saeeval", "+task=toxicity", "limit=12", *overrides, f"hydra.run.dir={out}"],
-        capture_output=True, text=True, timeout=300, env=env, stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        stdin=subprocess.DEVNULL,
     )
     if ok:
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -103,8 +138,13 @@ def processes_with_env(marker: str) -> list[int]:
 def read_wandb_run(run_dir: Path) -> list[dict]:
     """Every record of the run's .wandb transaction log, decoded by wandb itself."""
     (log,) = run_dir.glob("run-*.wandb")
-    proc = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(log)],
-                          capture_output=True, text=True, timeout=120, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(log)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
 
 
@@ -149,15 +189,14 @@ def test_wandb_offline_run_holds_config_metrics_samples_table_and_chart(wandb_ru
     for key, value in expected.items():
         assert history[key] == pytest.approx(value, abs=1e-6), key
         assert summary[key] == pytest.approx(value, abs=1e-6), key
-    assert summary["clean/task/logit_diff"] == pytest.approx(doc["conditions"]["clean"]["task"]["logit_diff"],
-                                                             abs=1e-6)
+    assert summary["clean/task/logit_diff"] == pytest.approx(doc["conditions"]["clean"]["task"]["logit_diff"], abs=1e-6)
 
     (table_file,) = (run_dir / "files" / "media" / "table").glob(f"{SAMPLES_KEY}_*.table.json")
     table = json.loads(table_file.read_text())
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(table["data"]) == len(samples) == doc["task"]["n_examples"]
     col = {c: i for i, c in enumerate(table["columns"])}
-    for row, s in zip(table["data"], samples):
+    for row, s in zip(table["data"], samples, strict=True):
         assert row[col["id"]] == s["id"] and row[col["prompt"]] == s["prompt"]
         assert row[col["correct"]] == s["correct_str"] and row[col["incorrect"]] == s["incorrect_str"]
         assert row[col["fields/identity"]] == s["fields"]["identity"]
@@ -217,8 +256,7 @@ def test_csv_logger_writes_every_flat_metric_to_metrics_csv(tmp_path):
     doc = json.loads((out / "results.json").read_text())
     with (out / "csv" / "version_0" / "metrics.csv").open() as f:
         (row,) = list(csv.DictReader(f))
-    assert float(row["clean/task/accuracy"]) == pytest.approx(doc["conditions"]["clean"]["task"]["accuracy"],
-                                                              abs=1e-6)
+    assert float(row["clean/task/accuracy"]) == pytest.approx(doc["conditions"]["clean"]["task"]["accuracy"], abs=1e-6)
     for key, value in flat_metrics(doc).items():
         assert float(row[key]) == pytest.approx(value, rel=1e-6, abs=1e-9), key
     assert "toxicity" in (out / "csv" / "version_0" / "hparams.yaml").read_text()

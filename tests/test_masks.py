@@ -1,4 +1,5 @@
-"""TokenMask: padding always out, special/token-id exclusion, indexed and task-named positions; Masks: splice vs score."""
+"""TokenMask: padding always out, special/token-id exclusion, indexed and task-named positions; Masks: splice vs
+score."""
 
 from __future__ import annotations
 
@@ -100,8 +101,13 @@ def test_describe_records_the_policy():
 
 @pytest.mark.parametrize(
     "name, splice_positions, exclude_special",
-    [("default", None, True), ("none", None, False), ("answer", [-1], True), ("token_ids", None, True),
-     ("positions", ["END"], True)],
+    [
+        ("default", None, True),
+        ("none", None, False),
+        ("answer", [-1], True),
+        ("token_ids", None, True),
+        ("positions", ["END"], True),
+    ],
 )
 def test_mask_configs_splice_where_named_and_score_every_real_token(name, splice_positions, exclude_special):
     mask = instantiate(OmegaConf.load(CONF / f"{name}.yaml"))

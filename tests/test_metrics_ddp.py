@@ -56,8 +56,13 @@ def evaluate(data: dict[str, torch.Tensor], ex: slice, seq: slice, tok: slice, p
     nf.update("values", data["hot_ld"][ex])
     return {
         "nf": nf.compute(),
-        "ld": ld.compute(), "gld": gld.compute(), "pooled": gld.summarize([0, 2, 4]), "per": per.compute(),
-        "ce": ce.compute(), "kl": kl.compute(), "rec": rec.compute(),
+        "ld": ld.compute(),
+        "gld": gld.compute(),
+        "pooled": gld.summarize([0, 2, 4]),
+        "per": per.compute(),
+        "ce": ce.compute(),
+        "kl": kl.compute(),
+        "rec": rec.compute(),
     }
 
 
@@ -77,7 +82,7 @@ def _assert_close(got: object, want: object) -> None:
         for key in want:
             _assert_close(got[key], want[key])
     elif isinstance(want, tuple):
-        for g, w in zip(got, want):
+        for g, w in zip(got, want, strict=True):
             _assert_close(g, w)
     elif isinstance(want, torch.Tensor):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15, equal_nan=True)

@@ -55,8 +55,15 @@ def test_ce_and_kl_match_sae_lens_downstream_metrics() -> None:
     sae = make_sae(HOOK, d_in=32, d_sae=64)
     batches = bos_batches(2)
     want = get_downstream_reconstruction_metrics(
-        sae, model, FixedTokens(batches), ActivationScaler(), compute_kl=True, compute_ce_loss=True,
-        n_batches=2, eval_batch_size_prompts=3, ignore_tokens=[BOS],
+        sae,
+        model,
+        FixedTokens(batches),
+        ActivationScaler(),
+        compute_kl=True,
+        compute_ce_loss=True,
+        n_batches=2,
+        eval_batch_size_prompts=3,
+        ignore_tokens=[BOS],
     )
     ce = {c: NextTokenCrossEntropy() for c in ("clean", "sae", "abl")}
     kl = {c: KLDivergence() for c in ("sae", "abl")}

@@ -29,10 +29,16 @@ def reference(values: np.ndarray) -> dict[str, float]:
     acc = float((values > 0).mean())
     lo, hi = wilson(float((values > 0).sum()), n)
     return {
-        "logit_diff": mean, "logit_diff_stderr": stderr,
-        "logit_diff_ci_low": mean - Z_95 * stderr, "logit_diff_ci_high": mean + Z_95 * stderr,
-        "accuracy": acc, "accuracy_stderr": math.sqrt(acc * (1 - acc) / n),
-        "accuracy_ci_low": lo, "accuracy_ci_high": hi, "error_rate": 1 - acc, "n": n,
+        "logit_diff": mean,
+        "logit_diff_stderr": stderr,
+        "logit_diff_ci_low": mean - Z_95 * stderr,
+        "logit_diff_ci_high": mean + Z_95 * stderr,
+        "accuracy": acc,
+        "accuracy_stderr": math.sqrt(acc * (1 - acc) / n),
+        "accuracy_ci_low": lo,
+        "accuracy_ci_high": hi,
+        "error_rate": 1 - acc,
+        "n": n,
     }
 
 
@@ -99,7 +105,7 @@ def test_grouped_per_group_and_pooled_values_match_numpy() -> None:
     values = rng.normal(0.3, 1.5, size=200)
     groups = rng.integers(0, 6, size=200)
     metric = GroupedLogitDiff(num_groups=7)  # group 6 never seen
-    for v, g in zip(np.array_split(values, 3), np.array_split(groups, 3)):
+    for v, g in zip(np.array_split(values, 3), np.array_split(groups, 3), strict=True):
         metric.update(torch.tensor(v), torch.tensor(g))
     out = metric.compute()
     for g in range(6):
@@ -179,10 +185,10 @@ def test_merged_rank_states_equal_one_process() -> None:
         ranks[r][0].update(values[sl])
         ranks[r][1].update(values[sl], groups[sl])
         ranks[r][2].update(ids[sl], values[sl])
-    for merged, other in zip(ranks[0], ranks[1]):
+    for merged, other in zip(ranks[0], ranks[1], strict=True):
         merged.merge_state(other)
     _assert_same(ranks[0][0].compute(), single.compute())
     _assert_same(ranks[0][1].compute(), single_g.compute())
     assert ranks[0][1].summarize([0, 3]) == pytest.approx(single_g.summarize([0, 3]), rel=1e-12)
-    for got, want in zip(ranks[0][2].compute(), single_p.compute()):
+    for got, want in zip(ranks[0][2].compute(), single_p.compute(), strict=True):
         assert torch.equal(got, want)

@@ -20,8 +20,14 @@ D_IN, D_SAE = 32, 64
 N_DEAD = 5
 # our key → sae_lens key
 SAE_LENS_KEYS = {
-    "mse": "mse", "explained_variance": "explained_variance", "cosine_similarity": "cossim",
-    "l2_norm_in": "l2_norm_in", "l2_norm_out": "l2_norm_out", "l2_ratio": "l2_ratio", "l0": "l0", "l1": "l1",
+    "mse": "mse",
+    "explained_variance": "explained_variance",
+    "cosine_similarity": "cossim",
+    "l2_norm_in": "l2_norm_in",
+    "l2_norm_out": "l2_norm_out",
+    "l2_ratio": "l2_ratio",
+    "l0": "l0",
+    "l1": "l1",
     "relative_reconstruction_bias": "relative_reconstruction_bias",
 }
 
@@ -71,10 +77,18 @@ def ours(model, sae, batches: list[torch.Tensor]) -> dict[str, float]:
 def sae_lens_metrics(model, sae, batches: list[torch.Tensor]) -> tuple[dict, dict]:
     """sae_lens 6.54.12 with a real identity ``ActivationScaler()`` and a FixedTokens stand-in for the store."""
     return get_sparsity_and_variance_metrics(
-        sae, model, FixedTokens(batches), ActivationScaler(), n_batches=len(batches),
-        compute_l2_norms=True, compute_sparsity_metrics=True, compute_variance_metrics=True,
-        compute_featurewise_density_statistics=True, eval_batch_size_prompts=batches[0].shape[0],
-        model_kwargs={}, ignore_tokens=[BOS],
+        sae,
+        model,
+        FixedTokens(batches),
+        ActivationScaler(),
+        n_batches=len(batches),
+        compute_l2_norms=True,
+        compute_sparsity_metrics=True,
+        compute_variance_metrics=True,
+        compute_featurewise_density_statistics=True,
+        eval_batch_size_prompts=batches[0].shape[0],
+        model_kwargs={},
+        ignore_tokens=[BOS],
     )
 
 

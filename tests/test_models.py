@@ -24,8 +24,17 @@ from saeeval.loading.models import available_zoo_models, load_model
 torch.set_num_threads(1)
 
 WORDS = ["<bos>", "<unk>", "the", "cat", "sat", "on", "mat", "a", "dog", "ran"]
-ZOO_CFG = dict(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=128, d_vocab=len(WORDS), n_ctx=16,
-               act_fn="gelu", normalization_type="LN")
+ZOO_CFG = dict(
+    n_layers=2,
+    d_model=32,
+    n_heads=4,
+    d_head=8,
+    d_mlp=128,
+    d_vocab=len(WORDS),
+    n_ctx=16,
+    act_fn="gelu",
+    normalization_type="LN",
+)
 
 
 def write_zoo_model(root: Path, name: str, seed: int = 0) -> HookedSAETransformer:
@@ -37,8 +46,9 @@ def write_zoo_model(root: Path, name: str, seed: int = 0) -> HookedSAETransforme
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
     backend = Tokenizer(WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
     backend.pre_tokenizer = Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token="<bos>", pad_token="<bos>",
-                                  unk_token="<unk>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<bos>", eos_token="<bos>", pad_token="<bos>", unk_token="<unk>"
+    )
     tok.save_pretrained(str(folder))
     return model
 
@@ -100,8 +110,11 @@ def test_hf_folder_weights_are_taken_over_not_copied(hf_gpt2_dir):
 
 def mapped_files() -> set[str]:
     """Paths of the files this process has memory-mapped, from /proc/self/maps."""
-    return {f[5] for f in (line.split(maxsplit=5) for line in Path("/proc/self/maps").read_text().splitlines())
-            if len(f) == 6}
+    return {
+        f[5]
+        for f in (line.split(maxsplit=5) for line in Path("/proc/self/maps").read_text().splitlines())
+        if len(f) == 6
+    }
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
@@ -129,8 +142,9 @@ def test_hf_folder_load_leaves_no_parameter_on_the_checkpoint_mapping(tmp_path):
 
 def test_hf_folder_weight_processing_keeps_log_probs(hf_gpt2_dir):
     folder, hf = hf_gpt2_dir
-    model = load_model(str(folder), from_pretrained_kwargs={"fold_ln": True, "center_writing_weights": True,
-                                                            "center_unembed": True})
+    model = load_model(
+        str(folder), from_pretrained_kwargs={"fold_ln": True, "center_writing_weights": True, "center_unembed": True}
+    )
     tokens = torch.tensor([[50256, 464, 3797, 3332, 319, 262, 2603]])
     with torch.no_grad():
         ours = model(tokens).log_softmax(-1)

@@ -113,10 +113,18 @@ def test_bookkeeping_follows_trainer_placement(precision):
     task = instantiate(cfg.task)
     task.bind(model.tokenizer, model.cfg.default_prepend_bos, model.cfg.n_ctx)
     task.setup("test")
-    module = SAEEvalModule(model, saes, build_conditions(saes, **cfg.splice), instantiate(cfg.mask),
-                           special_token_ids(model.tokenizer), task.has_answers, len(task.groups))
-    trainer = L.Trainer(**{k: v for k, v in OmegaConf.to_container(cfg.trainer).items() if k != "_target_"},
-                        precision=precision)
+    module = SAEEvalModule(
+        model,
+        saes,
+        build_conditions(saes, **cfg.splice),
+        instantiate(cfg.mask),
+        special_token_ids(model.tokenizer),
+        task.has_answers,
+        len(task.groups),
+    )
+    trainer = L.Trainer(
+        **{k: v for k, v in OmegaConf.to_container(cfg.trainer).items() if k != "_target_"}, precision=precision
+    )
     trainer.test(module, datamodule=task, verbose=False)
     param = next(model.parameters())
     assert param.dtype == model.cfg.dtype != torch.float32
@@ -125,6 +133,11 @@ def test_bookkeeping_follows_trainer_placement(precision):
         sae_param = next(sae.parameters())
         assert sae.dtype == sae_param.dtype == param.dtype and sae.device == sae_param.device
         assert sae.cfg.dtype == str(param.dtype).removeprefix("torch.")
-    states = [t for m in module.metrics.modules() if hasattr(m, "_defaults")
-              for key in m._defaults if isinstance(t := getattr(m, key), torch.Tensor) and t.is_floating_point()]
+    states = [
+        t
+        for m in module.metrics.modules()
+        if hasattr(m, "_defaults")
+        for key in m._defaults
+        if isinstance(t := getattr(m, key), torch.Tensor) and t.is_floating_point()
+    ]
     assert states and all(t.dtype == torch.float64 for t in states)

@@ -31,14 +31,33 @@ ISSUE_CHAT_PROMPT = (
     "The labels for the sentence can be: 1 if the sentence is toxic or 0 if the sentence is non-toxic.\n"
     "Do not give an explanation, just write the label.\nSentence: {phrase}\nLabel:<end_of_turn>\n<start_of_turn>model"
 )
-NOTEBOOK_GROUPS = [[0, 3], [2, 4], [5, 6], [7], [8], [9, 10], [11, 12], [13, 14], [15, 16], [17], [18], [19], [20],
-                   [21], [22], [23], [24], [25]]
+NOTEBOOK_GROUPS = [
+    [0, 3],
+    [2, 4],
+    [5, 6],
+    [7],
+    [8],
+    [9, 10],
+    [11, 12],
+    [13, 14],
+    [15, 16],
+    [17],
+    [18],
+    [19],
+    [20],
+    [21],
+    [22],
+    [23],
+    [24],
+    [25],
+]
 
 
 def saeeval_cli(*args: str, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "saeeval", *args], capture_output=True, text=True, timeout=timeout,
-                          env=full_env)
+    return subprocess.run(
+        [sys.executable, "-m", "saeeval", *args], capture_output=True, text=True, timeout=timeout, env=full_env
+    )
 
 
 def read_run(folder: Path) -> tuple[dict, list[dict]]:
@@ -66,9 +85,16 @@ def gpt2_sweep(tmp_path_factory, gpt2_folder, hub_cache, gpt2_res_jb) -> Path:
     """IOI and toxicity on the GPT-2 stand-in with two gpt2-small-res-jb SAEs from the offline cache."""
     out = tmp_path_factory.mktemp("gpt2-sweep")
     proc = saeeval_cli(
-        "-m", "+task=ioi,toxicity", "model=hf_folder", f"model.name={gpt2_folder}",
-        "model.from_pretrained_kwargs.center_writing_weights=true", "saes=gpt2-small-res-jb", "saes.layers=[0,1]",
-        "limit=8", "plot=false", f"hydra.sweep.dir={out}",
+        "-m",
+        "+task=ioi,toxicity",
+        "model=hf_folder",
+        f"model.name={gpt2_folder}",
+        "model.from_pretrained_kwargs.center_writing_weights=true",
+        "saes=gpt2-small-res-jb",
+        "saes.layers=[0,1]",
+        "limit=8",
+        "plot=false",
+        f"hydra.sweep.dir={out}",
         env={"HF_HUB_CACHE": str(hub_cache), "HF_HUB_OFFLINE": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -108,14 +134,23 @@ def test_gemma2_folder_runs_the_chat_prompt_and_reads_the_first_reply_token(tmp_
     sae_dir = tmp_path / "sae"
     make_sae("blocks.0.hook_resid_post", 64, arch="jumprelu").save_model(sae_dir)
     out = tmp_path / "run"
-    proc = saeeval_cli("+task=toxicity_chat", "model=hf_folder", f"model.name={gemma_folder}", "saes=folder",
-                       f"saes.paths=[{sae_dir}]", "limit=6", "plot=false", f"hydra.run.dir={out}")
+    proc = saeeval_cli(
+        "+task=toxicity_chat",
+        "model=hf_folder",
+        f"model.name={gemma_folder}",
+        "saes=folder",
+        f"saes.paths=[{sae_dir}]",
+        "limit=6",
+        "plot=false",
+        f"hydra.run.dir={out}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc, samples = read_run(out)
     assert doc["model"]["d_vocab"] == 256_000 and doc["task"]["n_examples"] == 6
     tok = AutoTokenizer.from_pretrained(str(gemma_folder))
-    generation_prompt = tok.apply_chat_template([{"role": "user", "content": "x"}], add_generation_prompt=True,
-                                                tokenize=False)
+    generation_prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "x"}], add_generation_prompt=True, tokenize=False
+    )
     assert generation_prompt.endswith("<start_of_turn>model\n")  # where Gemma's chat template hands over
     for s in samples:
         phrase = re.search(r"\nSentence: (.*)\nLabel:", s["prompt"]).group(1)
@@ -131,8 +166,14 @@ def test_gemma2_folder_runs_the_chat_prompt_and_reads_the_first_reply_token(tmp_
 
 @pytest.mark.parametrize("task", ["toxicity", "toxicity_chat"])
 def test_gemma_presets_compose(task):
-    proc = saeeval_cli(f"+task={task}", "model=gemma-2-2b-it", "saes=gemma-scope-2b-pt-res-canonical",
-                       "splice=layer_groups", "--cfg", "job")
+    proc = saeeval_cli(
+        f"+task={task}",
+        "model=gemma-2-2b-it",
+        "saes=gemma-scope-2b-pt-res-canonical",
+        "splice=layer_groups",
+        "--cfg",
+        "job",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "name: gemma-2-2b-it" in proc.stdout and "release: gemma-scope-2b-pt-res-canonical" in proc.stdout
     assert "id_template: layer_{layer}/width_16k/canonical" in proc.stdout
@@ -154,9 +195,12 @@ def test_layer_groups_are_the_notebooks_gemma_groups():
 
 def test_hub_model_missing_offline_is_one_line_within_seconds(tmp_path):
     start = time.monotonic()
-    proc = saeeval_cli("+task=ioi", "model=gpt2-small", f"hydra.run.dir={tmp_path / 'run'}",
-                       env={"HF_HUB_CACHE": str(tmp_path / "empty"), "HF_HUB_OFFLINE": "",
-                            "HF_ENDPOINT": "http://127.0.0.1:9"})
+    proc = saeeval_cli(
+        "+task=ioi",
+        "model=gpt2-small",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        env={"HF_HUB_CACHE": str(tmp_path / "empty"), "HF_HUB_OFFLINE": "", "HF_ENDPOINT": "http://127.0.0.1:9"},
+    )
     elapsed = time.monotonic() - start
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr

@@ -63,8 +63,11 @@ def unreachable_hub(monkeypatch: pytest.MonkeyPatch, hub_cache: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def centred_gpt2(gpt2_folder: Path) -> HookedSAETransformer:
-    return instantiate(preset("model=hf_folder", f"model.name={gpt2_folder}",
-                              "model.from_pretrained_kwargs.center_writing_weights=true").model)
+    return instantiate(
+        preset(
+            "model=hf_folder", f"model.name={gpt2_folder}", "model.from_pretrained_kwargs.center_writing_weights=true"
+        ).model
+    )
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +77,17 @@ def gemma_scope(hub_cache: Path) -> Path:
 
 def gemma_width_model() -> HookedSAETransformer:
     """Gemma-2 2B's residual width (2304) at two layers; everything else tiny (the SAEs only need the width)."""
-    cfg = HookedTransformerConfig(n_layers=2, d_model=2304, n_heads=1, d_head=16, d_mlp=32, d_vocab=64, n_ctx=16,
-                                  act_fn="gelu", normalization_type="RMS")
+    cfg = HookedTransformerConfig(
+        n_layers=2,
+        d_model=2304,
+        n_heads=1,
+        d_head=16,
+        d_mlp=32,
+        d_vocab=64,
+        n_ctx=16,
+        act_fn="gelu",
+        normalization_type="RMS",
+    )
     return HookedSAETransformer(cfg).eval()
 
 
@@ -98,7 +110,7 @@ def test_gpt2_res_jb_preset_loads_the_cached_legacy_files(offline_cache, gpt2_re
 def test_gemma_scope_preset_loads_the_cached_params_npz_as_jumprelu(offline_cache, gemma_scope):
     cfg = preset("saes=gemma-scope-2b-pt-res-canonical", "saes.layers=[1]")
     saes = instantiate(cfg.saes)(gemma_width_model())
-    (key, sae), = saes.items()
+    ((key, sae),) = saes.items()
     written = np.load(gemma_scope / "layer_1/width_16k/average_l0_102" / "params.npz")
     assert key == "layer_1/width_16k/canonical" and sae_hook(sae) == "blocks.1.hook_resid_post"
     assert type(sae).__name__ == "JumpReLUSAE" and (sae.cfg.d_in, sae.cfg.d_sae) == (2304, 16384)
@@ -174,7 +186,8 @@ def test_a_gpt2_folder_in_the_working_directory_does_not_shadow_the_hub_model(mo
     from transformers import GPT2Config, GPT2LMHeadModel
 
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=4, n_positions=64, vocab_size=50257)).save_pretrained(
-        workdir / "gpt2")
+        workdir / "gpt2"
+    )
     gpt2_tokenizer_obj().save_pretrained(workdir / "gpt2")
     monkeypatch.chdir(workdir)
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
@@ -192,5 +205,6 @@ def test_a_release_paired_with_the_zoo_model_names_the_model_it_belongs_to(tmp_p
     from cli_harness import run_inprocess
 
     outcome = run_inprocess("+task=ioi", "saes=gpt2-small-res-jb", "saes.layers=[5]", out=tmp_path, capfd=capfd)
-    outcome.assert_one_line_error("SAE release 'gpt2-small-res-jb' belongs to gpt2-small, not to model 'tiny'",
-                                  "model=gpt2-small", "saes=tiny")
+    outcome.assert_one_line_error(
+        "SAE release 'gpt2-small-res-jb' belongs to gpt2-small, not to model 'tiny'", "model=gpt2-small", "saes=tiny"
+    )

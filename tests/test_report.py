@@ -50,7 +50,7 @@ def run_dirs(tmp_path: Path, real_runs: dict[str, Path]) -> list[Path]:
     multirun = tmp_path / "multirun" / "2024-05-01" / "10-00-00"
     dirs = [multirun / "0", multirun / "1", tmp_path / "outputs" / "ioi_run"]
     tox = real_doc(real_runs["toxicity"])
-    for d, doc in zip(dirs, (tox, second_toxicity_doc(tox), real_doc(real_runs["ioi"]))):
+    for d, doc in zip(dirs, (tox, second_toxicity_doc(tox), real_doc(real_runs["ioi"])), strict=True):
         write_results(d, doc, samples=None)
     (multirun / "multirun.yaml").write_text("hydra: {}\n")
     return dirs
@@ -115,16 +115,25 @@ def test_report_html_compares_every_run_and_condition_offline(run_dirs: list[Pat
 
     pngs = sorted((tmp_path / "site" / "report_files").glob("*.png"))
     assert [p.name for p in pngs] == sorted(
-        ["toxicity_logit_diff.png", "toxicity_recovered.png", "toxicity_ce_vs_l0.png", "toxicity_identity_slices.png",
-         "ioi_logit_diff.png", "ioi_recovered.png", "ioi_ce_vs_l0.png"])
+        [
+            "toxicity_logit_diff.png",
+            "toxicity_recovered.png",
+            "toxicity_ce_vs_l0.png",
+            "toxicity_identity_slices.png",
+            "ioi_logit_diff.png",
+            "ioi_recovered.png",
+            "ioi_ce_vs_l0.png",
+        ]
+    )
     for p in pngs:
         assert p.read_bytes().startswith(PNG_MAGIC)
         pixels = imread(p)
         assert pixels.shape[0] > 150 and pixels.shape[1] > 500 and pixels[..., :3].std() > 0.05
 
 
-def test_nulls_render_as_dashes_and_tables_hold_the_numbers(run_dirs: list[Path], tmp_path: Path,
-                                                           real_runs: dict[str, Path]) -> None:
+def test_nulls_render_as_dashes_and_tables_hold_the_numbers(
+    run_dirs: list[Path], tmp_path: Path, real_runs: dict[str, Path]
+) -> None:
     lm = real_doc(real_runs["toxicity"])  # as the plain LM task would have it: no task metrics, no CE numbers
     lm.update(task={"name": "lm", "n_examples": 10}, slices={}, gaps={})
     for c in lm["conditions"].values():
@@ -133,8 +142,11 @@ def test_nulls_render_as_dashes_and_tables_hold_the_numbers(run_dirs: list[Path]
     out = build_report([*run_dirs[:2], tmp_path / "lm_run"], tmp_path / "r.html")
     html_text = out.read_text(encoding="utf-8")
     lm_section = html_text.split('id="task-lm"')[1]
-    for note in ("No run of this task reports a logit difference.", "No condition of this task has a fraction",
-                 "No SAE condition of this task reports both L0 and a CE loss delta."):
+    for note in (
+        "No run of this task reports a logit difference.",
+        "No condition of this task has a fraction",
+        "No SAE condition of this task reports both L0 and a CE loss delta.",
+    ):
         assert note in lm_section
     assert "<img" not in lm_section and "Identity slices" not in lm_section
     # R2's second SAE has null EV and L0 (the first two reconstruction columns); its MSE is the real number
@@ -153,8 +165,10 @@ def test_frontier_points_sum_l0_over_a_conditions_saes_and_skip_nulls(run_dirs: 
     r1, r2 = load_runs(run_dirs[:2])
     both = r1.doc["conditions"][BOTH]
     points = {name: (x, y) for name, x, y in frontier_points(r1)}
-    assert points[BOTH] == (both["reconstruction"][HOOK0]["l0"] + both["reconstruction"][HOOK1]["l0"],
-                            both["lm"]["ce_loss_delta"])
+    assert points[BOTH] == (
+        both["reconstruction"][HOOK0]["l0"] + both["reconstruction"][HOOK1]["l0"],
+        both["lm"]["ce_loss_delta"],
+    )
     assert HOOK1 in points and HOOK1 not in {name for name, _, _ in frontier_points(r2)}  # null L0 in R2
     assert not any(name.startswith("zero_ablation") for name in points)
 
@@ -167,9 +181,18 @@ def _chromium() -> str:
 
 
 def _chromium_run(exe: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--window-size=1280,2000"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--window-size=1280,2000",
+    ]
     return subprocess.run([exe, *flags, *args], capture_output=True, text=True, timeout=120)
 
 
@@ -188,8 +211,12 @@ def test_report_renders_in_headless_chromium_with_every_chart_and_no_script_erro
 
     # control: the same check flags a chart that cannot be decoded and a script error
     broken = tmp_path / "broken.html"
-    broken.write_text(out.read_text(encoding="utf-8").replace("base64,iVBOR", "base64,AAAA", 1)
-                      .replace("</main>", "<script>noSuchFunction()</script></main>"), encoding="utf-8")
+    broken.write_text(
+        out.read_text(encoding="utf-8")
+        .replace("base64,iVBOR", "base64,AAAA", 1)
+        .replace("</main>", "<script>noSuchFunction()</script></main>"),
+        encoding="utf-8",
+    )
     dom = _chromium_run(exe, tmp_path / "profile", "--dump-dom", broken.as_uri())
     body = next(a for tag, a in _parse(dom.stdout).tags if tag == "body")
     assert (body["data-status"], body["data-images-rendered"], body["data-errors"]) == ("error", "6", "3")
@@ -213,18 +240,25 @@ def test_cli_writes_the_report(run_dirs: list[Path], tmp_path: Path) -> None:
 
 
 def test_cli_without_results_prints_one_error_line_and_exits_2(tmp_path: Path) -> None:
-    res = subprocess.run([sys.executable, "-m", "saeeval.report", str(tmp_path), "--out", str(tmp_path / "r.html")],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "saeeval.report", str(tmp_path), "--out", str(tmp_path / "r.html")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 2
     assert res.stderr.startswith("saeeval: error: no results.json found under") and res.stderr.count("\n") == 1
     assert not (tmp_path / "r.html").exists()
 
 
-@pytest.mark.parametrize("content, problem", [
-    ("{not json", "cannot read"),
-    (json.dumps({"schema_version": 1, "hello": 1}), "is not a saeeval results file"),
-    (json.dumps({"schema_version": 99, "conditions": {}, "task": {}}), "has schema_version 99"),
-])
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ("{not json", "cannot read"),
+        (json.dumps({"schema_version": 1, "hello": 1}), "is not a saeeval results file"),
+        (json.dumps({"schema_version": 99, "conditions": {}, "task": {}}), "has schema_version 99"),
+    ],
+)
 def test_unreadable_or_foreign_results_are_one_line_errors(
     tmp_path: Path, capsys: pytest.CaptureFixture, content: str, problem: str
 ) -> None:
@@ -259,9 +293,14 @@ class _FakeWandbApi:
         assert query == gql.upsert_view
         if self.fail:
             raise ConnectionError("Max retries exceeded with url: /graphql\n(details)")
-        view = {"id": "rep42", "name": variables["name"], "displayName": variables["displayName"],
-                "description": variables["description"], "spec": variables["spec"],
-                "project": {"name": variables["projectName"], "entityName": variables["entityName"]}}
+        view = {
+            "id": "rep42",
+            "name": variables["name"],
+            "displayName": variables["displayName"],
+            "description": variables["description"],
+            "spec": variables["spec"],
+            "project": {"name": variables["projectName"], "entityName": variables["entityName"]},
+        }
         return {"upsertView": {"view": view}}
 
 
@@ -289,18 +328,29 @@ def test_wandb_report_plots_the_logged_metric_keys_per_task(run_dirs: list[Path]
 
     tox_grid = report.blocks[3]
     assert [(rs.entity, rs.project, rs.name, rs.filters) for rs in tox_grid.runsets] == [
-        ("my-team", "saeeval", "toxicity", "Config('task._target_') = 'saeeval.tasks.toxicity.ToxicityDataModule'")]
+        ("my-team", "saeeval", "toxicity", "Config('task._target_') = 'saeeval.tasks.toxicity.ToxicityDataModule'")
+    ]
     logged = set(flat_metrics(runs[0].doc)) | set(flat_metrics(runs[1].doc))
-    plotted = [m for p in tox_grid.panels
-               for m in [*getattr(p, "metrics", []), getattr(p, "x", None), getattr(p, "y", None)] if m]
+    plotted = [
+        m
+        for p in tox_grid.panels
+        for m in [*getattr(p, "metrics", []), getattr(p, "x", None), getattr(p, "y", None)]
+        if m
+    ]
     assert set(plotted) <= logged, set(plotted) - logged
-    assert {f"{HOOK0}/task/logit_diff", f"{BOTH}/task/logit_diff", f"{HOOK0}/task/logit_diff_recovered",
-            f"{HOOK0}/reconstruction/{HOOK0}/l0", f"{HOOK0}/lm/ce_loss_delta",
-            "slices/identity=paralyzed/clean/accuracy"} <= set(plotted)
+    assert {
+        f"{HOOK0}/task/logit_diff",
+        f"{BOTH}/task/logit_diff",
+        f"{HOOK0}/task/logit_diff_recovered",
+        f"{HOOK0}/reconstruction/{HOOK0}/l0",
+        f"{HOOK0}/lm/ce_loss_delta",
+        "slices/identity=paralyzed/clean/accuracy",
+    } <= set(plotted)
 
 
-def test_wandb_report_save_sends_the_built_spec(run_dirs: list[Path], fake_wandb: _FakeWandbApi,
-                                               capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+def test_wandb_report_save_sends_the_built_spec(
+    run_dirs: list[Path], fake_wandb: _FakeWandbApi, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
     from wandb_workspaces.reports.v2 import gql
 
     argv = [str(run_dirs[0]), str(run_dirs[2]), "--out", str(tmp_path / "r.html"), "--wandb-report", "my-team/saeeval"]
@@ -313,15 +363,19 @@ def test_wandb_report_save_sends_the_built_spec(run_dirs: list[Path], fake_wandb
     assert f"{HOOK0}/task/logit_diff" in upsert["spec"] and len(spec["blocks"]) >= 10
     grids = [b for b in spec["blocks"] if b["type"] == "panel-grid"]
     assert [g["metadata"]["runSets"][0]["filters"]["filters"][0]["value"] for g in grids] == [
-        "saeeval.tasks.toxicity.ToxicityDataModule", "saeeval.tasks.ioi.IOIDataModule"]
+        "saeeval.tasks.toxicity.ToxicityDataModule",
+        "saeeval.tasks.ioi.IOIDataModule",
+    ]
 
 
-def test_wandb_report_failures_are_one_line_errors(run_dirs: list[Path], fake_wandb: _FakeWandbApi,
-                                                   capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+def test_wandb_report_failures_are_one_line_errors(
+    run_dirs: list[Path], fake_wandb: _FakeWandbApi, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
     out = tmp_path / "r.html"
     assert main([str(run_dirs[0]), "--out", str(out), "--wandb-report", "no-project"]) == 2
     assert capsys.readouterr().err == (
-        "saeeval: error: --wandb-report wants ENTITY/PROJECT (e.g. my-team/saeeval), got 'no-project'\n")
+        "saeeval: error: --wandb-report wants ENTITY/PROJECT (e.g. my-team/saeeval), got 'no-project'\n"
+    )
     fake_wandb.fail = True
     assert main([str(run_dirs[0]), "--out", str(out), "--wandb-report", "my-team/saeeval"]) == 2
     err = capsys.readouterr().err

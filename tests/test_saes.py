@@ -79,8 +79,10 @@ def test_zoo_name_defaults_to_the_models_name(tmp_path):
 def test_two_saes_on_one_hook_get_distinct_keys(tmp_path):
     model = make_tiny_model()
     hook = "blocks.0.hook_resid_post"
-    paths = [save(make_sae(hook, 32, seed=0), tmp_path / "a" / "sae"),
-             save(make_sae(hook, 32, seed=1, arch="topk"), tmp_path / "b" / "sae")]
+    paths = [
+        save(make_sae(hook, 32, seed=0), tmp_path / "a" / "sae"),
+        save(make_sae(hook, 32, seed=1, arch="topk"), tmp_path / "b" / "sae"),
+    ]
     saes = load_saes(model, source="folder", paths=paths)
     assert list(saes) == ["sae", "sae__2"]
     assert saes["sae__2"].cfg.architecture() == "topk"
@@ -94,8 +96,13 @@ def test_saes_are_moved_to_the_models_dtype(tmp_path):
 
 def test_release_ids_expand_from_layers_and_are_checked_before_any_download(offline_hub):
     with pytest.raises(SaeevalError) as excinfo:
-        load_saes(make_tiny_model(), source="release", release="gpt2-small-res-jb", layers=[0, 99],
-                  id_template="blocks.{layer}.hook_resid_pre")
+        load_saes(
+            make_tiny_model(),
+            source="release",
+            release="gpt2-small-res-jb",
+            layers=[0, 99],
+            id_template="blocks.{layer}.hook_resid_pre",
+        )
     msg = one_line_error(excinfo)
     assert "'blocks.99.hook_resid_pre'" in msg and "blocks.9.hook_resid_pre" in msg
 
@@ -108,8 +115,13 @@ def test_unknown_release_is_a_clear_error(offline_hub):
 
 def test_release_download_failure_offline_is_a_clear_error(offline_hub):
     with pytest.raises(SaeevalError) as excinfo:
-        load_saes(make_tiny_model(), source="release", release="gpt2-small-res-jb",
-                  sae_ids=["blocks.0.hook_resid_pre"], check_processing=False)
+        load_saes(
+            make_tiny_model(),
+            source="release",
+            release="gpt2-small-res-jb",
+            sae_ids=["blocks.0.hook_resid_pre"],
+            check_processing=False,
+        )
     msg = one_line_error(excinfo)
     assert "could not download SAE 'blocks.0.hook_resid_pre'" in msg and "saes=folder" in msg
 

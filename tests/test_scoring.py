@@ -1,4 +1,5 @@
-"""Chunked logits (saeeval.engine.unembed, saeeval.engine.scoring) against whole-logit references from the model's own forward."""
+"""Chunked logits (saeeval.engine.unembed, saeeval.engine.scoring) against whole-logit references from the model's
+own forward."""
 
 from __future__ import annotations
 
@@ -27,8 +28,17 @@ HOOKS = ("blocks.0.hook_resid_post", "blocks.1.attn.hook_z", "blocks.0.hook_mlp_
 
 def make_model(soft_cap: float = -1.0, d_vocab: int = V, d_model: int = D) -> HookedSAETransformer:
     cfg = HookedTransformerConfig(
-        n_layers=2, d_model=d_model, n_heads=4, d_head=d_model // 4, d_mlp=4 * d_model, d_vocab=d_vocab, n_ctx=32,
-        act_fn="gelu", normalization_type="LN", output_logits_soft_cap=soft_cap, seed=0,
+        n_layers=2,
+        d_model=d_model,
+        n_heads=4,
+        d_head=d_model // 4,
+        d_mlp=4 * d_model,
+        d_vocab=d_vocab,
+        n_ctx=32,
+        act_fn="gelu",
+        normalization_type="LN",
+        output_logits_soft_cap=soft_cap,
+        seed=0,
     )
     model = HookedSAETransformer(cfg).eval()
     with torch.no_grad():  # logits large enough that a soft-cap of 3 really bends them
@@ -41,7 +51,9 @@ def saes():
     return {h: make_sae(h, D, seed=i) for i, h in enumerate(HOOKS)}
 
 
-def make_batch(n: int = 3, t: int = 10, seed: int = 0, vocab: int = V) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def make_batch(
+    n: int = 3, t: int = 10, seed: int = 0, vocab: int = V
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     tokens = torch.randint(1, vocab, (n, t), generator=gen)
     am = torch.ones(n, t, dtype=torch.long)
@@ -67,7 +79,7 @@ def whole_logits(model, splicer, cond, tokens, am, mask) -> torch.Tensor:
 
         return hook
 
-    hooks = [(h, make(n)) for h, n in zip(cond.hooks, cond.saes or cond.hooks)]
+    hooks = [(h, make(n)) for h, n in zip(cond.hooks, cond.saes or cond.hooks, strict=True)]
     with torch.no_grad():
         return model.run_with_hooks(tokens, attention_mask=am, fwd_hooks=hooks)
 
@@ -110,10 +122,20 @@ def test_chunked_scores_equal_whole_logit_metrics(saes, soft_cap, chunk, full_ma
     conds = build_conditions(saes)
     clean = splicer.clean(tokens, am, hooks_of(conds))
     outs = splicer.run_many(conds, clean, mask)
-    clean_ce, ces, kls = NextTokenCrossEntropy(), [NextTokenCrossEntropy() for _ in conds], [KLDivergence() for _ in conds]
-    score_lm(splicer.unembed, clean.final, tokens, mask,
-             [(o.final, LMStates(ce, kl)) for o, ce, kl in zip(outs, ces, kls, strict=True)], LMStates(clean_ce),
-             chunk=chunk)
+    clean_ce, ces, kls = (
+        NextTokenCrossEntropy(),
+        [NextTokenCrossEntropy() for _ in conds],
+        [KLDivergence() for _ in conds],
+    )
+    score_lm(
+        splicer.unembed,
+        clean.final,
+        tokens,
+        mask,
+        [(o.final, LMStates(ce, kl)) for o, ce, kl in zip(outs, ces, kls, strict=True)],
+        LMStates(clean_ce),
+        chunk=chunk,
+    )
 
     with torch.no_grad():
         clean_logits = model(tokens, attention_mask=am)
@@ -121,7 +143,7 @@ def test_chunked_scores_equal_whole_logit_metrics(saes, soft_cap, chunk, full_ma
     ref_ce.update(clean_logits, tokens, mask)
     assert float(clean_ce.compute()) == pytest.approx(float(ref_ce.compute()), rel=1e-6)
     assert float(clean_ce.count) == float(ref_ce.count)
-    for cond, ce, kl in zip(conds, ces, kls):
+    for cond, ce, kl in zip(conds, ces, kls, strict=True):
         logits = whole_logits(model, splicer, cond, tokens, am, mask)
         want_ce, want_kl = NextTokenCrossEntropy(), KLDivergence()
         want_ce.update(logits, tokens, mask)
@@ -139,8 +161,9 @@ def test_answer_logit_diff_is_the_difference_of_the_last_columns_logits():
     with torch.no_grad():
         last = model(tokens, attention_mask=am)[:, -1]
     want = last[torch.arange(3), correct] - last[torch.arange(3), incorrect]
-    torch.testing.assert_close(answer_logit_diff(Unembed(model), clean.final, correct, incorrect), want,
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        answer_logit_diff(Unembed(model), clean.final, correct, incorrect), want, rtol=1e-5, atol=1e-5
+    )
 
 
 def test_peak_memory_follows_the_chunk_not_the_vocabulary_or_the_number_of_conditions():
@@ -173,9 +196,17 @@ def _module(model, saes, **kwargs) -> SAEEvalModule:
 def _run(module: SAEEvalModule, batches) -> dict[str, list[float]]:
     for i, (tokens, am, _) in enumerate(batches):
         n = tokens.shape[0]
-        module.test_step({"tokens": tokens, "attention_mask": am, "correct": torch.arange(1, n + 1),
-                          "incorrect": torch.arange(20, 20 + n), "group": torch.zeros(n, dtype=torch.long),
-                          "example_id": torch.arange(n) + 10 * i}, i)
+        module.test_step(
+            {
+                "tokens": tokens,
+                "attention_mask": am,
+                "correct": torch.arange(1, n + 1),
+                "incorrect": torch.arange(20, 20 + n),
+                "group": torch.zeros(n, dtype=torch.long),
+                "example_id": torch.arange(n) + 10 * i,
+            },
+            i,
+        )
     return {
         "ce": [float(m.ce.compute()) for m in module.metrics],
         "kl": [float(m.kl.compute()) for m in module.metrics[1:]],
@@ -204,8 +235,10 @@ def test_test_step_scores_equal_whole_logit_references_in_groups_and_batched_for
             want_ce[i].update(logits, tokens, mask)
             if i:
                 want_kl[i - 1].update(clean, logits, mask)
-            want_ld[i] += (logits[torch.arange(n), -1, torch.arange(1, n + 1)]
-                           - logits[torch.arange(n), -1, torch.arange(20, 20 + n)]).tolist()
+            want_ld[i] += (
+                logits[torch.arange(n), -1, torch.arange(1, n + 1)]
+                - logits[torch.arange(n), -1, torch.arange(20, 20 + n)]
+            ).tolist()
     assert got["ce"] == pytest.approx([float(m.compute()) for m in want_ce], rel=1e-6)
     assert got["kl"] == pytest.approx([float(m.compute()) for m in want_kl], rel=1e-6)
     assert got["ld"] == pytest.approx([sum(v) / len(v) for v in want_ld], rel=1e-5, abs=1e-5)
@@ -224,8 +257,7 @@ def test_one_condition_per_forward_on_cpu_and_by_free_memory_on_cuda(monkeypatch
     assert conditions_per_forward(model, (8, 128)) == 1
     assert rows_per_chunk(256_000, "cpu") == 65  # 16M logits
     gib = 1 << 30
-    fake = SimpleNamespace(cfg=SimpleNamespace(device="cuda", d_model=768, n_heads=12, d_mlp=3072,
-                                               dtype=torch.float32))
+    fake = SimpleNamespace(cfg=SimpleNamespace(device="cuda", d_model=768, n_heads=12, d_mlp=3072, dtype=torch.float32))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free[0], 80 * gib))
     # one condition at B=8, T=128: 8·128·(8·768 + 3·12·128 + 3·3072)·4 bytes ≈ 65 MiB

@@ -25,26 +25,34 @@ from run_files import differences, load
 
 ROOT = Path(__file__).resolve().parents[1]
 POINTS = ["+task=ioi,toxicity", "limit=9", "batch_size=4"]  # 9 examples: DDP ranks get 5 and 4, in uneven batches
-SLURM = ["hydra/launcher=submitit_slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2",
-         "hydra.launcher.timeout_min=10"]
+SLURM = [
+    "hydra/launcher=submitit_slurm",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=2",
+    "hydra.launcher.timeout_min=10",
+]
 RESULT_FILES = ("results.json", "samples.jsonl", "logit_diff.png")
 
 
 def launcher(*overrides: str) -> Any:
     with initialize_config_module("saeeval.conf", version_base="1.3"):
-        full = compose("config", overrides=["+task=ioi", "hydra/launcher=submitit_slurm", *overrides],
-                       return_hydra_config=True)
+        full = compose(
+            "config", overrides=["+task=ioi", "hydra/launcher=submitit_slurm", *overrides], return_hydra_config=True
+        )
     return full.hydra.launcher
 
 
-@pytest.mark.parametrize(("trainer", "tasks", "gpus"), [
-    (["trainer=cpu"], 1, None),
-    (["trainer=ddp_cpu"], 2, None),
-    (["trainer=cpu", "trainer.accelerator=auto"], 1, None),
-    (["trainer=gpu"], 1, 1),
-    (["trainer=ddp", "trainer.devices=4"], 4, 4),
-    (["trainer=cpu", "trainer.accelerator=cuda", "trainer.devices=2"], 2, 2),
-])
+@pytest.mark.parametrize(
+    ("trainer", "tasks", "gpus"),
+    [
+        (["trainer=cpu"], 1, None),
+        (["trainer=ddp_cpu"], 2, None),
+        (["trainer=cpu", "trainer.accelerator=auto"], 1, None),
+        (["trainer=gpu"], 1, 1),
+        (["trainer=ddp", "trainer.devices=4"], 4, 4),
+        (["trainer=cpu", "trainer.accelerator=cuda", "trainer.devices=2"], 2, 2),
+    ],
+)
 def test_slurm_job_asks_for_gpus_only_when_the_trainer_runs_on_them(trainer, tasks, gpus):
     """None leaves `--gpus-per-node` out of the sbatch script (submitit drops unset parameters)."""
     cfg = launcher(*trainer)
@@ -53,7 +61,7 @@ def test_slurm_job_asks_for_gpus_only_when_the_trainer_runs_on_them(trainer, tas
 
 def test_slurm_job_with_a_non_integer_device_count_names_the_setting_to_fix():
     with pytest.raises(InterpolationResolutionError, match=r"integer trainer.devices >= 1 \(got 'auto'\)"):
-        launcher("trainer=gpu", "trainer.devices=auto").tasks_per_node
+        _ = launcher("trainer=gpu", "trainer.devices=auto").tasks_per_node
 
 
 def cluster_problem() -> str | None:
@@ -84,8 +92,14 @@ def cluster() -> None:
 
 def start(*overrides: str, cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "400"}  # SLURM jobs inherit this environment
-    return subprocess.Popen([sys.executable, "-m", "saeeval", "-m", *overrides], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "saeeval", "-m", *overrides],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(proc: subprocess.Popen) -> str:
@@ -115,8 +129,10 @@ def runs(cluster, tmp_path_factory) -> dict[str, Path]:
     """The 2-point sweep as a SLURM array, and the same sweep run locally (Hydra's basic launcher), together."""
     base = tmp_path_factory.mktemp("slurm")
     dirs = {"slurm": base / "slurm", "local": base / "local"}
-    procs = [start(*POINTS, *SLURM, f"hydra.sweep.dir={dirs['slurm']}", cwd=base),
-             start(*POINTS, f"hydra.sweep.dir={dirs['local']}", cwd=base)]
+    procs = [
+        start(*POINTS, *SLURM, f"hydra.sweep.dir={dirs['slurm']}", cwd=base),
+        start(*POINTS, f"hydra.sweep.dir={dirs['local']}", cwd=base),
+    ]
     for proc in procs:
         finish(proc)
     return dirs
@@ -142,8 +158,7 @@ def test_slurm_array_sweep_results_equal_the_same_configs_run_locally(runs):
 @pytest.mark.slow
 def test_slurm_sweep_rerun_recomputes_only_the_job_whose_results_are_gone(runs, cluster):
     sweep = runs["slurm"]
-    kept = {name: ((sweep / "0" / name).read_bytes(), (sweep / "0" / name).stat().st_mtime_ns)
-            for name in RESULT_FILES}
+    kept = {name: ((sweep / "0" / name).read_bytes(), (sweep / "0" / name).stat().st_mtime_ns) for name in RESULT_FILES}
     lost, _ = load(sweep / "1")
     (sweep / "1" / "results.json").unlink()
 

@@ -46,19 +46,21 @@ def hand_reference(model, sae, examples) -> dict[str, float]:
         tokens = torch.tensor([ex.tokens])
         s2 = ex.positions["S2"]
 
-        def splice_sae(act, hook):
+        def splice_sae(act, hook, s2=s2):
             act = act.clone()
             act[0, s2] = sae.decode(sae.encode(act[0, s2]))
             return act
 
-        def zero(act, hook):
+        def zero(act, hook, s2=s2):
             act = act.clone()
             act[0, s2] = 0
             return act
 
         clean = model(tokens)[0].double()
-        runs = {"sae": model.run_with_hooks(tokens, fwd_hooks=[(HOOK, splice_sae)])[0].double(),
-                "abl": model.run_with_hooks(tokens, fwd_hooks=[(HOOK, zero)])[0].double()}
+        runs = {
+            "sae": model.run_with_hooks(tokens, fwd_hooks=[(HOOK, splice_sae)])[0].double(),
+            "abl": model.run_with_hooks(tokens, fwd_hooks=[(HOOK, zero)])[0].double(),
+        }
         keep = tokens[0] != bos
         ce_pos = (keep[:-1] & keep[1:]).nonzero()[:, 0]
         kl_pos = keep.nonzero()[:, 0]
@@ -94,9 +96,23 @@ def test_cli_splice_at_s2_scores_every_real_position_like_a_hand_written_hook(tm
     model, sae, examples = zoo
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "saeeval", "+task=ioi", "mask=positions", "mask.positions=[S2]", f"limit={N}",
-         "batch_size=8", f"saes.hooks=[{HOOK}]", "plot=false", f"hydra.run.dir={tmp_path}"],
-        capture_output=True, text=True, timeout=300, env=env,
+        [
+            sys.executable,
+            "-m",
+            "saeeval",
+            "+task=ioi",
+            "mask=positions",
+            "mask.positions=[S2]",
+            f"limit={N}",
+            "batch_size=8",
+            f"saes.hooks=[{HOOK}]",
+            "plot=false",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((tmp_path / "results.json").read_text())
@@ -110,10 +126,12 @@ def test_cli_splice_at_s2_scores_every_real_position_like_a_hand_written_hook(tm
 
 def test_notebook_api_takes_the_splice_and_score_masks(zoo) -> None:
     model, sae, examples = zoo
-    results = saeeval.evaluate(model, {HOOK: sae}, task="ioi", limit=N, batch_size=8,
-                               mask={"splice": {"positions": ["S2"]}})
+    results = saeeval.evaluate(
+        model, {HOOK: sae}, task="ioi", limit=N, batch_size=8, mask={"splice": {"positions": ["S2"]}}
+    )
     assert results.document["mask"]["splice"]["positions"] == ["S2"]
     assert_matches(results.conditions, hand_reference(model, sae, examples))
-    shorthand = saeeval.evaluate(model, {HOOK: sae}, task="ioi", limit=N, batch_size=8, mask="positions",
-                                 positions=["S2"])
+    shorthand = saeeval.evaluate(
+        model, {HOOK: sae}, task="ioi", limit=N, batch_size=8, mask="positions", positions=["S2"]
+    )
     assert shorthand.conditions[HOOK]["lm"] == results.conditions[HOOK]["lm"]

@@ -87,8 +87,18 @@ def sae_cond(saes, *names, error_term=False):
 
 @pytest.mark.parametrize(
     "names",
-    [("r0",), ("r0_topk",), ("r1",), ("m0",), ("z1",), ("z0_topk",), ("r0", "r1"), ("z0_topk", "m0", "z1"),
-     ("r0", "z1"), ("r0", "m0")],
+    [
+        ("r0",),
+        ("r0_topk",),
+        ("r1",),
+        ("m0",),
+        ("z1",),
+        ("z0_topk",),
+        ("r0", "r1"),
+        ("z0_topk", "m0", "z1"),
+        ("r0", "z1"),
+        ("r0", "m0"),
+    ],
 )
 def test_sae_condition_logits_match_naive_full_forward(model, saes, batch, names):
     tokens, am, mask = batch
@@ -160,20 +170,42 @@ def test_clean_pass_equals_plain_forward_and_bare_suffix_equals_clean(model, sae
 
 def test_resid_post_splices_start_after_their_block_unless_the_group_touches_it(model, saes):
     sp = Splicer(model, saes)
-    starts = {names: sp.start_layer(sae_cond(saes, *names)) for names in
-              [("r0",), ("r1",), ("m0",), ("z1",), ("r0", "z1"), ("r0", "m0"), ("z0_topk", "r1")]}
-    assert starts == {("r0",): 1, ("r1",): 2, ("m0",): 0, ("z1",): 1, ("r0", "z1"): 1, ("r0", "m0"): 0,
-                      ("z0_topk", "r1"): 0}
+    starts = {
+        names: sp.start_layer(sae_cond(saes, *names))
+        for names in [("r0",), ("r1",), ("m0",), ("z1",), ("r0", "z1"), ("r0", "m0"), ("z0_topk", "r1")]
+    }
+    assert starts == {
+        ("r0",): 1,
+        ("r1",): 2,
+        ("m0",): 0,
+        ("z1",): 1,
+        ("r0", "z1"): 1,
+        ("r0", "m0"): 0,
+        ("z0_topk", "r1"): 0,
+    }
 
 
 def test_shortformer_model_splices_match_naive_full_forward(batch):
     tokens, am, mask = batch
-    cfg = HookedTransformerConfig(n_layers=2, d_model=D, n_heads=4, d_head=D // 4, d_mlp=4 * D, d_vocab=61,
-                                  n_ctx=64, act_fn="gelu", normalization_type="LN", seed=3,
-                                  positional_embedding_type="shortformer")
+    cfg = HookedTransformerConfig(
+        n_layers=2,
+        d_model=D,
+        n_heads=4,
+        d_head=D // 4,
+        d_mlp=4 * D,
+        d_vocab=61,
+        n_ctx=64,
+        act_fn="gelu",
+        normalization_type="LN",
+        seed=3,
+        positional_embedding_type="shortformer",
+    )
     sf = HookedSAETransformer(cfg).eval()
-    saes = {"r0": make_sae("blocks.0.hook_resid_post", D, seed=1), "r1": make_sae("blocks.1.hook_resid_post", D),
-            "z1": make_sae("blocks.1.attn.hook_z", D, seed=5)}
+    saes = {
+        "r0": make_sae("blocks.0.hook_resid_post", D, seed=1),
+        "r1": make_sae("blocks.1.hook_resid_post", D),
+        "z1": make_sae("blocks.1.attn.hook_z", D, seed=5),
+    }
     sp = Splicer(sf, saes)
     for names in [("r0",), ("r1",), ("z1",), ("r0", "z1")]:
         cond = sae_cond(saes, *names)
@@ -291,12 +323,12 @@ def test_batched_conditions_at_one_layer_match_one_by_one(model, saes, batch, ab
     means = means.compute()
     one = [sp.run(c, clean, mask, means) for c in conds]
     many = sp.run_many(conds, clean, mask, means, chunk_size=4)
-    for a, b in zip(one, many):
+    for a, b in zip(one, many, strict=True):
         assert a.condition == b.condition
         assert (a.logits - b.logits).abs().max().item() < ATOL
         assert a.recon.keys() == b.recon.keys()
         for k in a.recon:
-            assert all(torch.allclose(u, v, atol=ATOL) for u, v in zip(a.recon[k], b.recon[k]))
+            assert all(torch.allclose(u, v, atol=ATOL) for u, v in zip(a.recon[k], b.recon[k], strict=True))
 
 
 def test_activation_means_average_masked_positions_over_batches(model, saes, batch):
@@ -321,8 +353,12 @@ def test_build_conditions_names_groups_and_shares_baselines(saes):
     )
     by_name = {c.name: c for c in conds}
     assert list(by_name) == [
-        "r0", "r0_topk", "r1", "r1+r0",
-        "zero_ablation@blocks.0.hook_resid_post", "zero_ablation@blocks.1.hook_resid_post",
+        "r0",
+        "r0_topk",
+        "r1",
+        "r1+r0",
+        "zero_ablation@blocks.0.hook_resid_post",
+        "zero_ablation@blocks.1.hook_resid_post",
         "zero_ablation@blocks.0.hook_resid_post+blocks.1.hook_resid_post",
     ]
     assert by_name["r0"].baseline == by_name["r0_topk"].baseline == "zero_ablation@blocks.0.hook_resid_post"
@@ -366,7 +402,7 @@ def test_hook_z_sae_without_sae_lens_reshaping_gives_the_same_splice(model, batc
     a = sp.run(Condition("on", ("on",), ("blocks.1.attn.hook_z",)), clean, mask)
     b = sp.run(Condition("off", ("off",), ("blocks.1.attn.hook_z",)), clean, mask)
     assert torch.equal(a.logits, b.logits)
-    assert all(torch.equal(u, v) for u, v in zip(a.recon["on"], b.recon["off"]))
+    assert all(torch.equal(u, v) for u, v in zip(a.recon["on"], b.recon["off"], strict=True))
     assert off.hook_z_reshaping_mode is False and on.hook_z_reshaping_mode is True
 
 

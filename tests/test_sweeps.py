@@ -82,15 +82,22 @@ def test_submitit_local_config_runs_one_process_per_job_with_the_trainer_devices
 
 def test_sweep_jobs_go_to_numbered_folders_under_a_timestamped_sweep_dir():
     sweep = compose_full("+task=ioi").hydra.sweep
-    assert OmegaConf.to_container(sweep) == {"dir": "multirun/${now:%Y-%m-%d}/${now:%H-%M-%S}",
-                                             "subdir": "${hydra.job.num}"}
+    assert OmegaConf.to_container(sweep) == {
+        "dir": "multirun/${now:%Y-%m-%d}/${now:%H-%M-%S}",
+        "subdir": "${hydra.job.num}",
+    }
 
 
 def finished(folder: Path, cfg: DictConfig, chash: str | None = None) -> Path:
     """A complete results.json for `cfg` (or for the hash `chash`) in `folder`."""
     config = OmegaConf.to_container(cfg, resolve=True)
-    doc = {"schema_version": SCHEMA_VERSION, "config_hash": chash or config_hash(config), "config": config,
-           "task": {}, "conditions": {"clean": {}}}
+    doc = {
+        "schema_version": SCHEMA_VERSION,
+        "config_hash": chash or config_hash(config),
+        "config": config,
+        "task": {},
+        "conditions": {"clean": {}},
+    }
     return write_results(folder, doc, None)
 
 
@@ -122,8 +129,9 @@ def test_lightning_launched_ddp_inside_a_multirun_is_refused(tmp_path, hydra_job
 
 def run_sweep(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "400"}  # wide: rich must not wrap the paths printed
-    return subprocess.run([sys.executable, "-m", "saeeval", *overrides], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "saeeval", *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.fixture(scope="module")
@@ -154,8 +162,10 @@ def test_rerun_of_interrupted_sweep_computes_the_missing_job_and_skips_the_finis
     config, so a sweep started on submitit resumes with the same folders and hashes."""
     sweep_dir, args = sweep
     done, lost = sweep_dir / "0", sweep_dir / "1"
-    kept = {name: ((done / name).read_bytes(), (done / name).stat().st_mtime_ns)
-            for name in ("results.json", "samples.jsonl", "logit_diff.png")}
+    kept = {
+        name: ((done / name).read_bytes(), (done / name).stat().st_mtime_ns)
+        for name in ("results.json", "samples.jsonl", "logit_diff.png")
+    }
     lost_doc = json.loads((lost / "results.json").read_text())
     (lost / "results.json").unlink()
 

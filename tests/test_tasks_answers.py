@@ -52,8 +52,9 @@ def test_prompt_without_trailing_space_keeps_its_tokens(gpt2_tokenizer):
 
 def test_multi_token_answer_error_names_answer_tokenizer_and_fix(gpt2_tokenizer):
     with pytest.raises(SaeevalError, match=r"name ' Xzqwvbnm' is not a single token.*gpt2-fixture.*task\.names"):
-        resolve_answer(gpt2_tokenizer, gpt2_encode(gpt2_tokenizer), "gave it to", " Xzqwvbnm",
-                       what="name", fix="set task.names")
+        resolve_answer(
+            gpt2_tokenizer, gpt2_encode(gpt2_tokenizer), "gave it to", " Xzqwvbnm", what="name", fix="set task.names"
+        )
 
 
 def test_answers_sharing_a_token_are_rejected(gpt2_tokenizer):

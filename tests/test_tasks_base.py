@@ -91,10 +91,15 @@ def test_example_record_and_describe_carry_the_answers(gpt2_tokenizer):
     e = dm.examples[2]
     rec = dm.example_record(2)
     assert rec == {
-        "id": 2, "prompt": e.prompt, "n_tokens": len(e.tokens),
-        "correct": e.correct, "correct_str": gpt2_tokenizer.decode([e.correct]),
-        "incorrect": e.incorrect, "incorrect_str": gpt2_tokenizer.decode([e.incorrect]),
-        "fields": {"order": "BABA"}, "positions": e.positions,
+        "id": 2,
+        "prompt": e.prompt,
+        "n_tokens": len(e.tokens),
+        "correct": e.correct,
+        "correct_str": gpt2_tokenizer.decode([e.correct]),
+        "incorrect": e.incorrect,
+        "incorrect_str": gpt2_tokenizer.decode([e.incorrect]),
+        "fields": {"order": "BABA"},
+        "positions": e.positions,
     }
     # named positions are token indices of the example (BOS included): IO and both S mentions hold the names
     pos = rec["positions"]
@@ -102,9 +107,19 @@ def test_example_record_and_describe_carry_the_answers(gpt2_tokenizer):
     assert pos["END"] == len(e.tokens) - 1 and pos["S1"] < pos["S2"]
     d = dm.describe()
     assert d == {
-        "name": "ioi", "n_examples": 6, "dataset_hash": dm.dataset_hash,
-        "options": {"n_examples": 6, "names": None, "answer_mode": "logit_diff", "max_new_tokens": 4,
-                    "answer_regex": r"\b{label}\b", "limit": None, "seed": 3, "prepend_bos": True},
+        "name": "ioi",
+        "n_examples": 6,
+        "dataset_hash": dm.dataset_hash,
+        "options": {
+            "n_examples": 6,
+            "names": None,
+            "answer_mode": "logit_diff",
+            "max_new_tokens": 4,
+            "answer_regex": r"\b{label}\b",
+            "limit": None,
+            "seed": 3,
+            "prepend_bos": True,
+        },
     }
 
 

@@ -29,7 +29,7 @@ def test_positions_point_at_the_names_and_answers_are_their_tokens(gpt2_tokenize
     dm = built(tok, prepend_bos, n_examples=40, seed=7)
     reference = generate_ioi(40, seed=7)
     assert len(dm.examples) == 40
-    for e, ref in zip(dm.examples, reference):
+    for e, ref in zip(dm.examples, reference, strict=True):
         assert e.prompt == ref.prompt
         assert e.correct == name_id(tok, ref.io) and e.incorrect == name_id(tok, ref.s)
         assert tok.decode([e.tokens[e.positions["IO"]]]) == " " + ref.io
@@ -73,7 +73,7 @@ def test_word_level_tokenizer_positions_and_unknown_names():
     prompts = generate_ioi(30, seed=2, names=["Mary", "John", "Anna"])
     tok = word_tokenizer([p.prompt for p in prompts] + ["Mary John Anna"])
     dm = built(tok, names=["Mary", "John", "Anna"], n_examples=30, seed=2)
-    for e, ref in zip(dm.examples, prompts):
+    for e, ref in zip(dm.examples, prompts, strict=True):
         assert tok.convert_ids_to_tokens([e.correct, e.incorrect]) == [ref.io, ref.s]
         assert e.tokens[e.positions["IO"]] == e.correct
         assert e.tokens[e.positions["S1"]] == e.tokens[e.positions["S2"]] == e.incorrect

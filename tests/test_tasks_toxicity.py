@@ -106,14 +106,22 @@ def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
 
 
 def test_user_csv_with_identity_column(gpt2_tokenizer, tmp_path):
-    rows = [["Ann is kind", "0", "a"], ["Ann is vile", "1", "a"], ["Bo is kind", "nontoxic", "b"],
-            ["Bo is vile", "toxic", "b"]]
+    rows = [
+        ["Ann is kind", "0", "a"],
+        ["Ann is vile", "1", "a"],
+        ["Bo is kind", "nontoxic", "b"],
+        ["Bo is vile", "toxic", "b"],
+    ]
     p = write_csv(tmp_path / "mine.csv", ["phrase", "toxicity", "identity"], rows)
     dm = built(gpt2_tokenizer, csv_path=str(p), n_examples=None)
     assert dm.groups == [{"identity": i, "label": lab} for i in "ab" for lab in ("nontoxic", "toxic")]
     got = sorted((*dm.groups[e.group].values(), e.prompt.split("\n")[1]) for e in dm.examples)
-    assert got == [("a", "nontoxic", "Sentence: Ann is kind"), ("a", "toxic", "Sentence: Ann is vile"),
-                   ("b", "nontoxic", "Sentence: Bo is kind"), ("b", "toxic", "Sentence: Bo is vile")]
+    assert got == [
+        ("a", "nontoxic", "Sentence: Ann is kind"),
+        ("a", "toxic", "Sentence: Ann is vile"),
+        ("b", "nontoxic", "Sentence: Bo is kind"),
+        ("b", "toxic", "Sentence: Bo is vile"),
+    ]
     only_b = built(gpt2_tokenizer, csv_path=str(p), identities=["b"])
     assert len(only_b.examples) == 2
 

@@ -52,8 +52,18 @@ def _computed(name, cond, ce, kl, ld, dld=None, dld_se=None, ce_se=None, kl_se=N
     task = {"logit_diff": ld}
     if dld is not None:
         task |= {"delta_logit_diff": dld, "delta_logit_diff_stderr": dld_se}
-    return Computed(name=name, condition=cond, ce=ce, kl=kl, task=task, groups=None, recon={}, samples=None,
-                    kl_stderr=kl_se, ce_delta_stderr=ce_se)
+    return Computed(
+        name=name,
+        condition=cond,
+        ce=ce,
+        kl=kl,
+        task=task,
+        groups=None,
+        recon={},
+        samples=None,
+        kl_stderr=kl_se,
+        ce_delta_stderr=ce_se,
+    )
 
 
 def _doc(base_dld: float, base_dld_se: float) -> dict:

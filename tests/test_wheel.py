@@ -42,28 +42,63 @@ def wheel_env(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(python of a fresh virtualenv holding only the built wheel, a working folder outside the checkout)."""
     base = tmp_path_factory.mktemp("wheel")
     source, dist = base / "source", base / "dist"
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
-                            check=True, capture_output=True, text=True).stdout.split("\0")
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split("\0")
     for name in filter(None, listed):  # the files a clone has, built apart so no build/ lands in the checkout
         if (ROOT / name).is_file():
             (source / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, source / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(dist), str(source)], check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(dist),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     (wheel,) = dist.glob("saeeval-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for needed in ("saeeval/features/callback.py", "saeeval/engine/module.py", "saeeval/conf/task/ioi.yaml",
-                   "saeeval/publish/report_template.html", "saeeval/tasks/data/ioi.json",
-                   "saeeval/zoo/tiny/model/model.safetensors"):
+    for needed in (
+        "saeeval/features/callback.py",
+        "saeeval/engine/module.py",
+        "saeeval/conf/task/ioi.yaml",
+        "saeeval/publish/report_template.html",
+        "saeeval/tasks/data/ioi.json",
+        "saeeval/zoo/tiny/model/model.safetensors",
+    ):
         assert needed in names, needed
     env_dir = base / "venv"
     venv.create(env_dir, with_pip=False)
     python = env_dir / "bin" / "python"
-    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               check=True, capture_output=True, text=True).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
-                    str(wheel)], check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps", str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     work = base / "elsewhere"
     work.mkdir()
     return python, work
@@ -90,8 +125,13 @@ def test_cli_with_feature_attribution_and_the_report_from_the_wheel(wheel_env):
     features = json.loads((work / "run" / "features.json").read_text())
     assert features["config_hash"] == doc["config_hash"] and features["saes"]
     script = python.parent / "saeeval"  # the console command runs the same CLI
-    proc = subprocess.run([str(script), "+task=ioi", "features=attribution", "limit=8", "hydra.run.dir=run"], capture_output=True, text=True,
-                          cwd=work, timeout=600)
+    proc = subprocess.run(
+        [str(script), "+task=ioi", "features=attribution", "limit=8", "hydra.run.dir=run"],
+        capture_output=True,
+        text=True,
+        cwd=work,
+        timeout=600,
+    )
     assert proc.returncode == 0 and "skipped" in proc.stdout, proc.stderr[-2000:]
     _run(python, work, "-m", "saeeval.report", "run", "--out", "report.html")
     page = (work / "report.html").read_text()

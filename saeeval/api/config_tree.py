@@ -27,6 +27,7 @@ FILE_OPTIONS = ("force", "plot")  # skip finished runs, write the PNG: the CLI's
 
 CLI_ONLY = (*FILE_OPTIONS, "device", "dtype")  # the model given in memory says where and in what it runs
 
+
 def group_options(group: str) -> list[str]:
     """The config names available in one group of `saeeval.conf` (e.g. task -> ioi, lm, toxicity, toxicity_chat)."""
     folder = resources.files("saeeval.conf").joinpath(group)

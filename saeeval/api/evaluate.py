@@ -36,10 +36,16 @@ def left_as_found(modules: Sequence[torch.nn.Module], converts_weights: bool = F
     `converts_weights`: the trainer's precision casts the weights, so a copy is kept to put back bit for bit."""
     grads = [(p, p.requires_grad) for m in modules for p in m.parameters()]
     modes = [(sub, sub.training) for m in modules for sub in m.modules()]
-    placed = [(m, next(m.parameters()).device, next(m.parameters()).dtype, _bookkeeping(m)) for m in modules
-              if any(True for _ in m.parameters())]
-    saved = [{k: v.detach().to("cpu", copy=True) for k, v in m.state_dict().items()} for m in modules] \
-        if converts_weights else None
+    placed = [
+        (m, next(m.parameters()).device, next(m.parameters()).dtype, _bookkeeping(m))
+        for m in modules
+        if any(True for _ in m.parameters())
+    ]
+    saved = (
+        [{k: v.detach().to("cpu", copy=True) for k, v in m.state_dict().items()} for m in modules]
+        if converts_weights
+        else None
+    )
     try:
         yield
     finally:
@@ -50,7 +56,7 @@ def left_as_found(modules: Sequence[torch.nn.Module], converts_weights: bool = F
             for owner, attr, value in books:
                 setattr(owner, attr, value)
         if saved is not None:
-            for m, state in zip(modules, saved):
+            for m, state in zip(modules, saved, strict=True):
                 m.load_state_dict(state)
         for p, flag in grads:
             p.requires_grad_(flag)
@@ -61,8 +67,12 @@ def left_as_found(modules: Sequence[torch.nn.Module], converts_weights: bool = F
 def _bookkeeping(module: torch.nn.Module) -> list[tuple[Any, str, Any]]:
     """(owner, attribute, value) of the device/dtype records TransformerLens and sae_lens route inputs by."""
     owners = [o for o in (getattr(module, "cfg", None), module) if o is not None]
-    return [(o, attr, getattr(o, attr)) for o in owners for attr in ("device", "dtype")
-            if attr in getattr(o, "__dict__", {})]
+    return [
+        (o, attr, getattr(o, attr))
+        for o in owners
+        for attr in ("device", "dtype")
+        if attr in getattr(o, "__dict__", {})
+    ]
 
 
 def named_saes(saes: Mapping[str, SAE] | Sequence[SAE]) -> dict[str, SAE]:
@@ -92,15 +102,19 @@ def evaluate(
     `task` (a task name: toxicity, ioi, lm; or a TaskDataModule) and return its Results.
 
     `options` are the CLI's knobs with the CLI's defaults: limit, batch_size, seed, mask="answer" (or a dict of
-    mask keys, e.g. mask={"splice": {"positions": ["S2"]}}), compat="saelens", splice="each_layer", groups=[[...]], ablation="mean", singles, use_error_term,
-    features="attribution" (or a dict of its keys, e.g. features={"positions": ["S2"], "top_k": 10}: which
-    latents move the logit difference, in `Results.features`), and the task's own keys (n_examples=...). `trainer` is a config choice ("cpu", "gpu"; default: "gpu" for
-    a model on CUDA, else "cpu") or a Lightning Trainer. The model and SAEs are left exactly as they were (weights, hooks, modes, devices).
+    mask keys, e.g. mask={"splice": {"positions": ["S2"]}}), compat="saelens", splice="each_layer", groups=[[...]],
+    ablation="mean", singles, use_error_term, features="attribution" (or a dict of its keys, e.g.
+    features={"positions": ["S2"], "top_k": 10}: which latents move the logit difference, in `Results.features`),
+    and the task's own keys (n_examples=...). `trainer` is a config choice ("cpu", "gpu"; default: "gpu" for a
+    model on CUDA, else "cpu") or a Lightning Trainer. The model and SAEs are left exactly as they were (weights,
+    hooks, modes, devices).
     """
     named = named_saes(saes)
     task_name = task if isinstance(task, str) else None
     if not isinstance(task, (str, TaskDataModule)):
-        raise SaeevalError(f"task must be a task name (toxicity, ioi, lm) or a TaskDataModule, not {type(task).__name__}")
+        raise SaeevalError(
+            f"task must be a task name (toxicity, ioi, lm) or a TaskDataModule, not {type(task).__name__}"
+        )
     if trainer is None and str(model.cfg.device).startswith("cuda"):
         trainer = "gpu"
     if isinstance(trainer, str):
@@ -117,8 +131,9 @@ def evaluate(
         trainer = instantiate(cfg.trainer, logger=False, enable_progress_bar=False, **trainer_kwargs(features))
     converts = str(trainer.precision).endswith("-true") or str(trainer.precision) == "64"
     with left_as_found([model, *named.values()], converts_weights=converts):
-        results = run_evaluation(model, named, module, mask, OmegaConf.to_container(cfg.splice), trainer, config,
-                                 features, compat=cfg.compat)
+        results = run_evaluation(
+            model, named, module, mask, OmegaConf.to_container(cfg.splice), trainer, config, features, compat=cfg.compat
+        )
     if results is None:
         raise SaeevalError("saeeval.evaluate ran as a non-zero DDP rank; use the CLI for multi-process runs")
     if (err := non_finite_error(results.document, "the returned Results")) is not None:
@@ -135,8 +150,11 @@ def _config_of(cfg: DictConfig, model: Any, saes: Mapping[str, SAE], task: Any, 
         if not isinstance(task, str):
             cfg.task = {"_target_": f"{type(task).__module__}.{type(task).__qualname__}", **task.options()}
         if isinstance(trainer, L.Trainer):
-            cfg.trainer = {"accelerator": type(trainer.accelerator).__name__, "devices": trainer.num_devices,
-                           "precision": str(trainer.precision)}
+            cfg.trainer = {
+                "accelerator": type(trainer.accelerator).__name__,
+                "devices": trainer.num_devices,
+                "precision": str(trainer.precision),
+            }
         for key in FILE_OPTIONS:
             cfg.pop(key, None)
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

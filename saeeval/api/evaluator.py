@@ -47,12 +47,20 @@ def build(node: Any) -> Any:
             cause = cause.__cause__
         if cause is not None:
             raise cause from None
-        raise SaeevalError(f"could not build {node.get('_target_', 'a config node')}: {err}".replace("\n", " ")) from err
+        raise SaeevalError(
+            f"could not build {node.get('_target_', 'a config node')}: {err}".replace("\n", " ")
+        ) from err
 
 
 def run_evaluation(
-    model: Any, saes: Mapping[str, SAE], task: TaskDataModule, mask: Masks, splice: Mapping[str, Any],
-    trainer: L.Trainer, config: Mapping[str, Any], features: FeatureAttribution | None = None,
+    model: Any,
+    saes: Mapping[str, SAE],
+    task: TaskDataModule,
+    mask: Masks,
+    splice: Mapping[str, Any],
+    trainer: L.Trainer,
+    config: Mapping[str, Any],
+    features: FeatureAttribution | None = None,
     compat: str = "none",
 ) -> Results | None:
     """The one evaluation path (CLI and API): plan the conditions, test the module (with feature attribution as
@@ -68,13 +76,22 @@ def run_evaluation(
             f"{list(task.position_names)}; set answer_position to one of them"
         )
     module = SAEEvalModule(
-        model, saes, conditions, mask, special_token_ids(model.tokenizer), task.has_answers, len(task.groups),
-        answer_position=task.answer_position, compat=compat, generation=task.generation,
+        model,
+        saes,
+        conditions,
+        mask,
+        special_token_ids(model.tokenizer),
+        task.has_answers,
+        len(task.groups),
+        answer_position=task.answer_position,
+        compat=compat,
+        generation=task.generation,
     )
     callback = None
     if features is not None:
-        callback = feature_callback(features, saes, conditions, task, mask.splice, special_token_ids(model.tokenizer),
-                                   trainer)
+        callback = feature_callback(
+            features, saes, conditions, task, mask.splice, special_token_ids(model.tokenizer), trainer
+        )
         trainer.callbacks.append(callback)
     try:
         trainer.test(module, datamodule=task, verbose=False)
@@ -84,7 +101,8 @@ def run_evaluation(
     if not trainer.is_global_zero:
         return None
     computed = module.computed or []
-    doc = build_document(config=config, model=describe_model(model), task=task, mask=mask.describe(compat),
-                         computed=computed)
+    doc = build_document(
+        config=config, model=describe_model(model), task=task, mask=mask.describe(compat), computed=computed
+    )
     features_doc = None if callback is None else {**(callback.document or {}), "config_hash": doc["config_hash"]}
     return Results(doc, list(sample_records(task, computed)) if task.has_answers else None, features=features_doc)

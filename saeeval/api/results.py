@@ -28,7 +28,9 @@ class Results:
     """The results document (`.document`, the results.json contract) and its per-example samples."""
 
     def __init__(
-        self, document: Mapping[str, Any], samples: Sequence[Mapping[str, Any]] | None = None,
+        self,
+        document: Mapping[str, Any],
+        samples: Sequence[Mapping[str, Any]] | None = None,
         features: Mapping[str, Any] | None = None,
     ) -> None:
         self.document: dict[str, Any] = dict(document)
@@ -53,8 +55,8 @@ class Results:
 
     def to_pandas(self) -> pandas.DataFrame:
         """One row per condition: saes, hooks, ablation, baseline, unreliable (the scores flagged ill-conditioned),
-        then every task, lm and generation metric as
-        `task/<metric>`, `lm/<metric>`, `generation/<metric>` and every reconstruction metric as `reconstruction/<hook>/<metric>` —
+        then every task, lm and generation metric as `task/<metric>`, `lm/<metric>`, `generation/<metric>` and every
+        reconstruction metric as `reconstruction/<hook>/<metric>` —
         declared metrics first (saeeval.render.catalog), then any other number the document holds. A value marked
         "nan" (outputs became non-finite) is float NaN here; null (not applicable) is None."""
         import pandas as pd
@@ -113,8 +115,10 @@ class Results:
         from saeeval.features.display import faithfulness_figure, heatmap_figure
         from saeeval.features.files import FAITHFULNESS_FILE, HEATMAP_FILE
 
-        figs = {HEATMAP_FILE: heatmap_figure(self.features),
-                FAITHFULNESS_FILE: faithfulness_figure([("", self.features)])}
+        figs = {
+            HEATMAP_FILE: heatmap_figure(self.features),
+            FAITHFULNESS_FILE: faithfulness_figure([("", self.features)]),
+        }
         return {name: fig for name, fig in figs.items() if fig is not None}
 
     @classmethod
@@ -133,8 +137,10 @@ class Results:
 
     def __repr__(self) -> str:
         t = self.document.get("task", {})
-        return (f"Results(task={t.get('name')!r}, model={self.document.get('model', {}).get('name')!r}, "
-                f"n_examples={t.get('n_examples')}, conditions={list(self.conditions)})")
+        return (
+            f"Results(task={t.get('name')!r}, model={self.document.get('model', {}).get('name')!r}, "
+            f"n_examples={t.get('n_examples')}, conditions={list(self.conditions)})"
+        )
 
 
 def _row(c: Mapping[str, Any]) -> dict[str, Any]:

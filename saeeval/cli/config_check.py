@@ -28,7 +28,13 @@ from saeeval.errors import SaeevalError, first_line
 
 # The top-level options of conf/config.yaml and their types (tests pin that both list the same keys).
 TOP_LEVEL: dict[str, Any] = {
-    "seed": int, "batch_size": int, "limit": int | None, "dtype": str, "device": str, "force": bool, "plot": bool,
+    "seed": int,
+    "batch_size": int,
+    "limit": int | None,
+    "dtype": str,
+    "device": str,
+    "force": bool,
+    "plot": bool,
     "compat": typing.Literal["none", "saelens", "saebench"],
 }
 # Nodes without a `_target_`: the function their keys are passed to.
@@ -88,7 +94,7 @@ def _check_group(group: str, node: dict[str, Any], raw: dict[str, Any], choice: 
     _check_node(f"{group}.", node, raw, params, open_=open_, known=[*params, *_HYDRA_KEYS], target=str(target))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _signature(target: str) -> tuple[dict[str, Any] | None, bool]:
     """Parameter name → type hint of the callable `target` (None when it cannot be imported), and whether it
     takes **kwargs."""
@@ -104,15 +110,22 @@ def _signature(target: str) -> tuple[dict[str, Any] | None, bool]:
         hints = typing.get_type_hints(func)
     except Exception:  # noqa: BLE001 -- unresolvable annotations: keep the key check, skip the type check
         hints = {}
-    params = {n: hints.get(n, Any) for n, p in sig.parameters.items()
-              if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    params = {
+        n: hints.get(n, Any) for n, p in sig.parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    }
     open_ = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
     return params, open_
 
 
 def _check_node(
-    prefix: str, node: dict[str, Any], raw: dict[str, Any], types_: Mapping[str, Any], *, open_: bool,
-    known: list[str], target: str | None = None,
+    prefix: str,
+    node: dict[str, Any],
+    raw: dict[str, Any],
+    types_: Mapping[str, Any],
+    *,
+    open_: bool,
+    known: list[str],
+    target: str | None = None,
 ) -> None:
     for key, value in node.items():
         if key in _HYDRA_KEYS or (not prefix and key in (*GROUPS, "hydra")):
@@ -125,8 +138,15 @@ def _check_node(
             params, nested_open = _signature(str(value["_target_"]))
             if params is not None:
                 sub_raw = raw.get(key) if isinstance(raw.get(key), dict) else {}
-                _check_node(f"{prefix}{key}.", value, sub_raw, params, open_=nested_open,
-                            known=[*params, *_HYDRA_KEYS], target=str(value["_target_"]))
+                _check_node(
+                    f"{prefix}{key}.",
+                    value,
+                    sub_raw,
+                    params,
+                    open_=nested_open,
+                    known=[*params, *_HYDRA_KEYS],
+                    target=str(value["_target_"]),
+                )
             continue
         expected = types_[key]
         if _matches(value, expected) is False:
@@ -184,8 +204,14 @@ def _describe(tp: Any) -> str:
         return " or ".join(dict.fromkeys(_describe(a) for a in typing.get_args(tp)))
     if origin is typing.Literal:
         return "one of " + ", ".join(str(a) for a in typing.get_args(tp))
-    names = {type(None): "null", bool: "true or false", int: "an integer", float: "a number", str: "a string",
-             Path: "a path"}
+    names = {
+        type(None): "null",
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        Path: "a path",
+    }
     if tp in names:
         return names[tp]
     if origin in (list, tuple, collections.abc.Sequence, collections.abc.Iterable) or tp in (list, tuple):

@@ -12,7 +12,6 @@ from omegaconf import DictConfig
 from saeeval.cli.resolvers import GPU_ACCELERATORS
 from saeeval.errors import SaeevalError
 
-
 SLURM_ANSWER_S = 20
 """How long the controller may take to answer `sinfo` before the sweep is refused (it retries for a while)."""
 
@@ -31,8 +30,10 @@ def check_launcher(argv: Sequence[str]) -> None:
     sinfo = shutil.which("sinfo")
     if sinfo is None:
         return  # nothing to ask; sbatch itself will tell
-    fix = ("check that slurmctld runs and this node's slurm.conf names it (`scontrol ping`), or sweep on this machine "
-           "with hydra/launcher=submitit_local")
+    fix = (
+        "check that slurmctld runs and this node's slurm.conf names it (`scontrol ping`), or sweep on this machine "
+        "with hydra/launcher=submitit_local"
+    )
     try:
         proc = subprocess.run([sinfo, "-h", "-o", "%P"], capture_output=True, text=True, timeout=SLURM_ANSWER_S)
     except subprocess.TimeoutExpired:

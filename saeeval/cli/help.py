@@ -8,7 +8,10 @@ from collections.abc import Sequence
 from saeeval.api.config_tree import GROUPS, group_options
 
 HELP_FLAGS = ("--help", "-h")
-DOCS = "README.md and docs/ in the saeeval source tree (`mkdocs serve` shows them as a site); ARCHITECTURE.md maps the code"
+DOCS = (
+    "README.md and docs/ in the saeeval source tree (`mkdocs serve` shows them as a site);\n"
+    "      ARCHITECTURE.md maps the code"
+)
 _USAGE = """\
 saeeval: what does splicing sparse autoencoders (SAEs) into a language model do to it?
 
@@ -37,7 +40,8 @@ def help_text() -> str:
     """The help page: usage, the config groups with their choices (read from the installed config tree), docs."""
     width = max(len(g) for g in GROUPS)
     groups = "\n".join(f"  {g:<{width}}  {', '.join(group_options(g))}" for g in GROUPS)
-    return f"{_USAGE}\nconfig groups (group=choice; the task is appended: +task=...):\n{groups}\n\n{_OPTIONS}\ndocs: {DOCS}\n"
+    head = "config groups (group=choice; the task is appended: +task=...):"
+    return f"{_USAGE}\n{head}\n{groups}\n\n{_OPTIONS}\ndocs: {DOCS}\n"
 
 
 def print_help() -> None:

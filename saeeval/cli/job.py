@@ -42,7 +42,9 @@ def run_config(cfg: DictConfig, out_dir: Path) -> Results | None:
     console = Console()
     found = None if cfg.force else completed_hash(out_dir)
     if found == chash:
-        console.print(f"saeeval: {out_dir} already holds complete results for config {chash}; skipped (force=true reruns)")
+        console.print(
+            f"saeeval: {out_dir} already holds complete results for config {chash}; skipped (force=true reruns)"
+        )
         return None
     if found is not None:
         raise SaeevalError(

@@ -19,10 +19,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Compare finished saeeval runs in one self-contained HTML page (and optionally a wandb report).",
     )
     parser.add_argument("paths", nargs="+", type=Path, help="run folders, multirun folders or results.json files")
-    parser.add_argument("--out", type=Path, default=Path("report.html"),
-                        help="HTML file to write; its PNGs go to <stem>_files/ (default: %(default)s)")
-    parser.add_argument("--wandb-report", metavar="ENTITY/PROJECT",
-                        help="also publish the comparison as a wandb report (needs wandb login and network)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("report.html"),
+        help="HTML file to write; its PNGs go to <stem>_files/ (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--wandb-report",
+        metavar="ENTITY/PROJECT",
+        help="also publish the comparison as a wandb report (needs wandb login and network)",
+    )
     args = parser.parse_args(argv)
     try:
         if args.wandb_report:
@@ -43,5 +50,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_error(line)
         return EXIT_ERROR
     return 0
-
-

@@ -89,8 +89,10 @@ def build_conditions(
         members.append(names)
 
     if not members:
-        raise SaeevalError("splice.singles=false with no splice.groups leaves no SAE condition to evaluate: set "
-                           "splice.singles=true or list groups, e.g. splice.groups=[[*]]")
+        raise SaeevalError(
+            "splice.singles=false with no splice.groups leaves no SAE condition to evaluate: set "
+            "splice.singles=true or list groups, e.g. splice.groups=[[*]]"
+        )
     conditions: dict[str, Condition] = {}
     baselines: dict[str, Condition] = {}
     for names in members:

@@ -76,14 +76,16 @@ def stacked_hooks(
 
     def hooks(at: SpliceAt) -> list[tuple[str, Callable]]:
         b = at.splice.shape[0] // len(conds)
-        masks = [None if c is None else (at.ablate if c.ablation is not None else at.splice)[i * b : (i + 1) * b]
-                 for i, c in enumerate(conds)]
+        masks = [
+            None if c is None else (at.ablate if c.ablation is not None else at.splice)[i * b : (i + 1) * b]
+            for i, c in enumerate(conds)
+        ]
         if not any(m is not None and bool(m.any()) for m in masks):
             return []
 
         def splice(act: Tensor, hook: Any) -> Tensor:
             pieces = []
-            for i, (c, m) in enumerate(zip(conds, masks)):
+            for i, (c, m) in enumerate(zip(conds, masks, strict=True)):
                 rows = act[i * b : (i + 1) * b]
                 touched = c is not None and m is not None and hook.name in c.hooks and bool(m.any())
                 pieces.append(splicer.replacement(c, hook.name, rows, m, means)[0] if touched else rows)

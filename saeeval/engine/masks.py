@@ -166,10 +166,12 @@ class Masks:
                     "mask.positions is shorthand for mask.splice.positions; set only one of them"
                 )
             splice_mask = TokenMask(splice_mask.exclude_special, splice_mask.exclude_token_ids, shorthand)
-        self.splice = TokenMask(splice_mask.exclude_special, [*splice_mask.exclude_token_ids, *extra],
-                                splice_mask.positions)
-        self.score = TokenMask(score_mask.exclude_special, [*score_mask.exclude_token_ids, *extra],
-                               score_mask.positions)
+        self.splice = TokenMask(
+            splice_mask.exclude_special, [*splice_mask.exclude_token_ids, *extra], splice_mask.positions
+        )
+        self.score = TokenMask(
+            score_mask.exclude_special, [*score_mask.exclude_token_ids, *extra], score_mask.positions
+        )
 
     def __call__(
         self,
@@ -201,11 +203,14 @@ class Masks:
         return {
             "splice": self.splice.describe(),
             "score": self.score.describe(),
-            "ablation": "every real token at the splice positions, special tokens included" if mode.ablate_special
+            "ablation": "every real token at the splice positions, special tokens included"
+            if mode.ablate_special
             else "the splice mask",
-            "reconstruction": "where the SAE is spliced and scored" if mode.recon_within_score
+            "reconstruction": "where the SAE is spliced and scored"
+            if mode.recon_within_score
             else "where the SAE is spliced",
-            "ce_loss": "predictions whose input is scored" if mode.ce_input_only
+            "ce_loss": "predictions whose input is scored"
+            if mode.ce_input_only
             else "predictions whose input and target are both scored",
             "padding": "excluded",
             "compat": mode.name,

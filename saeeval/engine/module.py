@@ -39,8 +39,14 @@ FINALS_BUDGET = 1 << 28
 class ConditionMetrics(nn.Module):
     """The metric states of one condition (clean or spliced/ablated)."""
 
-    def __init__(self, has_answers: bool, num_groups: int, recon: Mapping[str, tuple[str, int, int]], paired: bool,
-                 batchwise: str | None = None):
+    def __init__(
+        self,
+        has_answers: bool,
+        num_groups: int,
+        recon: Mapping[str, tuple[str, int, int]],
+        paired: bool,
+        batchwise: str | None = None,
+    ):
         """`recon`: SAE name -> (hook, d_in, d_sae) of each SAE the condition splices."""
         super().__init__()
         self.ce = NextTokenCrossEntropy()
@@ -52,8 +58,11 @@ class ConditionMetrics(nn.Module):
         self.per_example = PerExample() if has_answers else None
         self.recon_names = list(recon)
         self.recon = nn.ModuleList(Reconstruction(d_in, d_sae) for _, d_in, d_sae in recon.values())
-        self.batchwise = nn.ModuleList(
-            BatchwiseReconstruction(batchwise, d_in) for _, d_in, _ in recon.values()) if batchwise else None
+        self.batchwise = (
+            nn.ModuleList(BatchwiseReconstruction(batchwise, d_in) for _, d_in, _ in recon.values())
+            if batchwise
+            else None
+        )
         self.recon_sites = [reconstruction_site(hook) for hook, _, _ in recon.values()]
         self.non_finite = NonFinite([*self.recon_sites, FINAL, LOGITS, *([ANSWERS] if has_answers else [])])
 
@@ -126,14 +135,19 @@ class SAEEvalModule(L.LightningModule):
         self.metrics = nn.ModuleList(
             [ConditionMetrics(has_answers, num_groups, {}, paired=False)]
             + [
-                ConditionMetrics(has_answers, num_groups, self._recon_shapes(c), paired=True,
-                                 batchwise=self.compat.batchwise)
+                ConditionMetrics(
+                    has_answers, num_groups, self._recon_shapes(c), paired=True, batchwise=self.compat.batchwise
+                )
                 for c in self.conditions
             ]
         )
         self.generation = generation if generation is not None and generation.generates and has_answers else None
-        self.generated = None if self.generation is None else nn.ModuleList(
-            GenerationMetrics(num_groups, self.generation.max_new_tokens) for _ in range(1 + len(self.conditions))
+        self.generated = (
+            None
+            if self.generation is None
+            else nn.ModuleList(
+                GenerationMetrics(num_groups, self.generation.max_new_tokens) for _ in range(1 + len(self.conditions))
+            )
         )
         self.means: dict[str, Tensor] | None = None
         self.computed: list[Computed] | None = None
@@ -146,12 +160,14 @@ class SAEEvalModule(L.LightningModule):
         if cond.ablation is not None:
             return {}
         saes = self.saes
-        return {name: (saes[name].cfg.metadata.hook_name, saes[name].cfg.d_in, saes[name].cfg.d_sae)
-                for name in cond.saes}
+        return {
+            name: (saes[name].cfg.metadata.hook_name, saes[name].cfg.d_in, saes[name].cfg.d_sae) for name in cond.saes
+        }
 
     def _masks(self, batch: Mapping[str, Any]) -> BatchMasks:
-        return self.masks(batch["tokens"], batch["attention_mask"], batch.get("positions"), self.special_ids,
-                          self.compat)
+        return self.masks(
+            batch["tokens"], batch["attention_mask"], batch.get("positions"), self.special_ids, self.compat
+        )
 
     def on_test_start(self) -> None:
         self.follow_placement()
@@ -181,8 +197,9 @@ class SAEEvalModule(L.LightningModule):
         means = ActivationMeans(self.hooks)
         for batch in self.trainer.datamodule.test_dataloader():
             batch = self.transfer_batch_to_device(batch, self.device, 0)
-            means.update(self.splicer.clean(batch["tokens"], batch["attention_mask"], self.hooks),
-                         self._masks(batch).ablate)
+            means.update(
+                self.splicer.clean(batch["tokens"], batch["attention_mask"], self.hooks), self._masks(batch).ablate
+            )
         means.sync()
         return means.compute()
 
@@ -207,10 +224,15 @@ class SAEEvalModule(L.LightningModule):
                 lds[1 + group[j]] = self._update_answers(metrics, out.final, batch, clean_ld)
                 finals[j] = out.final
             scored = [self.metrics[1 + i] for i in group]
-            score_lm(self.splicer.unembed, clean.final, tokens, masks.score,
-                     [(f, LMStates(m.ce, m.kl, m.non_finite, m.ce_delta)) for f, m in zip(finals, scored, strict=True)],
-                     LMStates(self.metrics[0].ce, non_finite=self.metrics[0].non_finite) if n == 0 else None,
-                     input_only=self.compat.ce_input_only)
+            score_lm(
+                self.splicer.unembed,
+                clean.final,
+                tokens,
+                masks.score,
+                [(f, LMStates(m.ce, m.kl, m.non_finite, m.ce_delta)) for f, m in zip(finals, scored, strict=True)],
+                LMStates(self.metrics[0].ce, non_finite=self.metrics[0].non_finite) if n == 0 else None,
+                input_only=self.compat.ce_input_only,
+            )
         if self.generated is not None:
             self._generate(batch, SpliceAt(masks.splice, masks.ablate), lds)
 
@@ -220,22 +242,33 @@ class SAEEvalModule(L.LightningModule):
         difference's label of the same condition."""
         opts, tok = self.generation, self.model.tokenizer
         tokens, attention_mask = batch["tokens"], batch["attention_mask"]
-        prompts = [row[m.bool()].tolist() for row, m in zip(tokens, attention_mask)]
-        cands = [[tok.decode([int(c)]).strip(), tok.decode([int(i)]).strip()]
-                 for c, i in zip(batch["correct"], batch["incorrect"])]
+        prompts = [row[m.bool()].tolist() for row, m in zip(tokens, attention_mask, strict=True)]
+        cands = [
+            [tok.decode([int(c)]).strip(), tok.decode([int(i)]).strip()]
+            for c, i in zip(batch["correct"], batch["incorrect"], strict=True)
+        ]
         step_at = generated_positions(self.masks.splice, self.special_ids, self.compat.ablate_special)
         conds, b = [None, *self.conditions], tokens.shape[0]
         per_forward = self.condition_batch or conditions_per_forward(self.model, tokens.shape)
         for start in range(0, len(conds), per_forward):
             chunk = conds[start : start + per_forward]
             k = len(chunk)
-            new = greedy_generate(self.model, tokens.repeat(k, 1), attention_mask.repeat(k, 1), opts.max_new_tokens,
-                                  prompt_at.repeat(k), step_at, stacked_hooks(self.splicer, chunk, self.means),
-                                  tok.eos_token_id)
+            new = greedy_generate(
+                self.model,
+                tokens.repeat(k, 1),
+                attention_mask.repeat(k, 1),
+                opts.max_new_tokens,
+                prompt_at.repeat(k),
+                step_at,
+                stacked_hooks(self.splicer, chunk, self.means),
+                tok.eos_token_id,
+            )
             for i in range(k):
                 rows = new[i * b : (i + 1) * b]
-                parsed = [parse_answer(opts.answer_regex, *generated_text(tok, p, g), c)
-                          for p, g, c in zip(prompts, rows.tolist(), cands)]
+                parsed = [
+                    parse_answer(opts.answer_regex, *generated_text(tok, p, g), c)
+                    for p, g, c in zip(prompts, rows.tolist(), cands, strict=True)
+                ]
                 parsed_t = torch.tensor(parsed, dtype=torch.long, device=tokens.device)
                 self.generated[start + i].labels.update(parsed_t, batch["group"], lds[start + i])
                 self.generated[start + i].tokens.update(batch["example_id"], rows, parsed_t)
@@ -271,9 +304,10 @@ class SAEEvalModule(L.LightningModule):
         shapes them into results.json."""
         hook_of = {name: sae.cfg.metadata.hook_name for name, sae in self.saes.items()}
         conds: list[Condition | None] = [None, *self.conditions]
-        computed = [_compute(cond, m, hook_of) for cond, m in zip(conds, self.metrics)]
-        for res, gen in zip(computed, self.generated or []):
-            res.generation = gen.compute()
+        computed = [_compute(cond, m, hook_of) for cond, m in zip(conds, self.metrics, strict=True)]
+        if self.generated is not None:
+            for res, gen in zip(computed, self.generated, strict=True):
+                res.generation = gen.compute()
         return computed
 
 
@@ -299,9 +333,16 @@ def _compute(cond: Condition | None, m: ConditionMetrics, hook_of: Mapping[str, 
         ce_delta_stderr=float(m.ce_delta.stderr()) if m.ce_delta is not None else None,
         task=task,
         groups=groups,
-        recon={hook_of[n]: {k: float(v) for k, v in r.compute().items()} for n, r in zip(m.recon_names, m.recon)},
-        batchwise={hook_of[n]: {k: float(v) for k, v in b.compute().items()}
-                   for n, b in zip(m.recon_names, m.batchwise)} if m.batchwise is not None else {},
+        recon={
+            hook_of[n]: {k: float(v) for k, v in r.compute().items()}
+            for n, r in zip(m.recon_names, m.recon, strict=True)
+        },
+        batchwise={
+            hook_of[n]: {k: float(v) for k, v in b.compute().items()}
+            for n, b in zip(m.recon_names, m.batchwise, strict=True)
+        }
+        if m.batchwise is not None
+        else {},
         samples=samples,
         non_finite=m.non_finite.compute(),
     )

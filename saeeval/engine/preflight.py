@@ -15,8 +15,10 @@ def check_selection(task: Any, mask: Masks, special_ids: Sequence[int], d_vocab:
     position at all."""
     for tid in mask.exclude_token_ids:
         if not 0 <= tid < d_vocab:
-            raise SaeevalError(f"mask.exclude_token_ids holds {tid}, outside the model's vocabulary (ids 0..{d_vocab - 1}):"
-                               " use token ids of this model's tokenizer")
+            raise SaeevalError(
+                f"mask.exclude_token_ids holds {tid}, outside the model's vocabulary (ids 0..{d_vocab - 1}):"
+                " use token ids of this model's tokenizer"
+            )
     selected, longest = {"splice": 0, "score": 0}, 0
     for batch in task.make_dataloader():
         tokens = batch["tokens"]

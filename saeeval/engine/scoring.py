@@ -109,7 +109,10 @@ def score_lm(
 
 
 def _score_chunk(
-    unembed: Unembed, h_clean: Tensor, target: Tensor, conditions: Sequence[tuple[Tensor, LMStates]],
+    unembed: Unembed,
+    h_clean: Tensor,
+    target: Tensor,
+    conditions: Sequence[tuple[Tensor, LMStates]],
     clean_states: LMStates | None,
 ) -> None:
     """One chunk of rows (a function, so its [R, V] buffers are freed before the next chunk's are made)."""

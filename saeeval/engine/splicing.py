@@ -246,8 +246,11 @@ class Splicer:
         for start, idxs in by_start.items():
             for j in range(0, len(idxs), chunk_size):
                 chunk = idxs[j : j + chunk_size]
-                yield from zip(chunk, self._run_chunk([conds[i] for i in chunk], start, clean, mask, means,
-                                                      ablate_mask))
+                yield from zip(
+                    chunk,
+                    self._run_chunk([conds[i] for i in chunk], start, clean, mask, means, ablate_mask),
+                    strict=True,
+                )
 
     def _validate(self, cond: Condition, clean: CleanPass, means: Mapping[str, torch.Tensor] | None) -> None:
         missing = [h for h in cond.hooks if h not in clean.acts]
@@ -365,7 +368,11 @@ class Splicer:
         return self._forward_from(clean, start, resid, copies, fwd_hooks)
 
     def _forward_from(
-        self, clean: CleanPass, start: int | None, resid: torch.Tensor | None, copies: int,
+        self,
+        clean: CleanPass,
+        start: int | None,
+        resid: torch.Tensor | None,
+        copies: int,
         fwd_hooks: Sequence[tuple[str, Callable[..., Any]]],
     ) -> torch.Tensor:
         """The final residual `[copies·B, T, d]` of `copies` stacked copies of the batch with `fwd_hooks` on: the
@@ -377,8 +384,13 @@ class Splicer:
                 out = model(_repeat(clean.tokens, copies), attention_mask=am, stop_at_layer=stop)
             else:
                 sf = clean.shortformer_pos_embed
-                out = model(resid, start_at_layer=start, stop_at_layer=stop, attention_mask=am,
-                            shortformer_pos_embed=None if sf is None else _repeat(sf, copies))
+                out = model(
+                    resid,
+                    start_at_layer=start,
+                    stop_at_layer=stop,
+                    attention_mask=am,
+                    shortformer_pos_embed=None if sf is None else _repeat(sf, copies),
+                )
             return self._final(out)
 
 

@@ -2,8 +2,8 @@
 
 Why not the model's own: TransformerLens 3.9's `Unembed` copies W_U on every call (`W_U.T.contiguous()`, 2.2 GB at
 Gemma-2's 256k vocabulary) and its Gemma soft-cap (`cap * tanh(x / cap)`) makes two more full-size copies of the
-logits. Here rows `[R, d]` go through one `addmm` against W_U as stored, into one `[R, V]` buffer (fresh, or the caller's) that
-the soft-cap then rewrites in place; the caller picks R, so peak memory follows the chunk, not B·T·V.
+logits. Here rows `[R, d]` go through one `addmm` against W_U as stored, into one `[R, V]` buffer (fresh, or the
+caller's) that the soft-cap then rewrites in place; the caller picks R, so peak memory follows the chunk, not B·T·V.
 """
 
 from __future__ import annotations

@@ -46,9 +46,7 @@ class LatentProbe:
     def _decode(self, f: Tensor) -> Tensor:
         return self.sae.decode(f.to(self.sae.device, self.sae.dtype)).reshape(f.shape[0], -1)
 
-    def logit_diffs(
-        self, clean: CleanPass, mask: Tensor, batch: Mapping[str, Any], f: Tensor, f_new: Tensor
-    ) -> Tensor:
+    def logit_diffs(self, clean: CleanPass, mask: Tensor, batch: Mapping[str, Any], f: Tensor, f_new: Tensor) -> Tensor:
         """`[K, B]` logit differences with the latents `f [N, d]` replaced by each of `f_new [K, N, d]` (the K
         versions share one suffix forward, stacked along the batch)."""
         k, n = f_new.shape[0], f.shape[0]
@@ -86,8 +84,14 @@ def per_example(values: Tensor, row: Tensor, n_rows: int) -> Tensor:
 
 
 def attribution(
-    probe: LatentProbe, clean: CleanPass, mask: Tensor, batch: Mapping[str, Any], patch: Tensor,
-    method: str = "atp", steps: int = 16, points_per_forward: int = 8,
+    probe: LatentProbe,
+    clean: CleanPass,
+    mask: Tensor,
+    batch: Mapping[str, Any],
+    patch: Tensor,
+    method: str = "atp",
+    steps: int = 16,
+    points_per_forward: int = 8,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-example attribution `[B, d_sae]` of the logit difference to every latent, the clean latents `f` and
     their rows.
@@ -118,8 +122,14 @@ def attribution(
 
 @torch.no_grad()
 def ablation_effects(
-    probe: LatentProbe, clean: CleanPass, mask: Tensor, batch: Mapping[str, Any], patch: Tensor,
-    edits: Sequence[Sequence[int]], clean_ld: Tensor, latents_per_forward: int = 8,
+    probe: LatentProbe,
+    clean: CleanPass,
+    mask: Tensor,
+    batch: Mapping[str, Any],
+    patch: Tensor,
+    edits: Sequence[Sequence[int]],
+    clean_ld: Tensor,
+    latents_per_forward: int = 8,
 ) -> Tensor:
     """`[B, len(edits)]`: for each edit (a set of latents) LD with those latents set to `patch` at the masked-in
     positions, minus the clean LD; `latents_per_forward` edits share one suffix forward."""

@@ -34,7 +34,11 @@ class FeatureCallback(L.Callback):
     """Feature attribution for `sae_names` of the module's splicer on `task`; see the module docstring."""
 
     def __init__(
-        self, options: FeatureAttribution, sae_names: Sequence[str], task: TaskDataModule, mask: TokenMask,
+        self,
+        options: FeatureAttribution,
+        sae_names: Sequence[str],
+        task: TaskDataModule,
+        mask: TokenMask,
         special_ids: Sequence[int],
     ) -> None:
         self.options, self.sae_names, self.task = options, list(sae_names), task
@@ -70,8 +74,12 @@ class FeatureCallback(L.Callback):
         self.clean_ld = GroupedSums(self.num_groups, 1).to(device)
         for name, probe in self.probes.items():
             d = probe.d_sae
-            self.states[name] = SaeStates(hook=probe.hook, d_sae=d, fires=FireCounts(d).to(device),
-                                          attribution=GroupedSums(self.num_groups, d).to(device))
+            self.states[name] = SaeStates(
+                hook=probe.hook,
+                d_sae=d,
+                fires=FireCounts(d).to(device),
+                attribution=GroupedSums(self.num_groups, d).to(device),
+            )
             self.patches[name] = torch.zeros(d, device=device)
         if self.options.baseline == "mean":
             sums = {n: LatentSum(p.d_sae).to(device) for n, p in self.probes.items()}
@@ -82,7 +90,12 @@ class FeatureCallback(L.Callback):
             self.patches = {n: s.compute().float().to(device) for n, s in sums.items()}
 
     def on_test_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
         module: Any = pl_module
@@ -92,8 +105,9 @@ class FeatureCallback(L.Callback):
         group = batch["group"]
         self.clean_ld.update(ld[:, None], group)  # type: ignore[union-attr]
         for name, probe in self.probes.items():
-            attr, feats, _ = attribution(probe, clean, mask, batch, self.patches[name], opts.method, opts.ig_steps,
-                                         opts.latents_per_forward)
+            attr, feats, _ = attribution(
+                probe, clean, mask, batch, self.patches[name], opts.method, opts.ig_steps, opts.latents_per_forward
+            )
             self.states[name].attribution.update(attr, group)
             self.states[name].fires.update(feats)
 
@@ -101,21 +115,21 @@ class FeatureCallback(L.Callback):
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         module: Any = pl_module
         device = module.device
-        for name, st in self.states.items():
+        for st in self.states.values():
             mean = st.attribution.pooled()["mean"]
             k = min(self.options.top_k, st.d_sae)
             order = torch.argsort(mean.abs().nan_to_num(0.0).cpu(), descending=True, stable=True)
             st.top = [int(i) for i in order[:k]]
-            st.edits = ([[j] for j in st.top] + [st.top[:kk] for kk in faithfulness_ks(k)]
-                        + [list(range(st.d_sae))])
+            st.edits = [[j] for j in st.top] + [st.top[:kk] for kk in faithfulness_ks(k)] + [list(range(st.d_sae))]
             st.effects = GroupedSums(self.num_groups, len(st.edits)).to(device)
             st.rows = ExampleRows(len(st.top)).to(device)
         for batch in self._batches(module):
             clean, mask, ld = self._clean(module, batch)
             for name, probe in self.probes.items():
                 st = self.states[name]
-                eff = ablation_effects(probe, clean, mask, batch, self.patches[name], st.edits, ld,
-                                       self.options.latents_per_forward)
+                eff = ablation_effects(
+                    probe, clean, mask, batch, self.patches[name], st.edits, ld, self.options.latents_per_forward
+                )
                 st.effects.update(eff, batch["group"])
                 st.rows.update(batch["example_id"], eff[:, : len(st.top)])
         assert self.clean_ld is not None
@@ -124,5 +138,8 @@ class FeatureCallback(L.Callback):
     def _positions(self) -> dict[str, Any]:
         if self.options.positions is not None:
             return {"positions": self.options.positions, "positions_from": "features.positions"}
-        return {"positions": self.mask.describe()["positions"], "positions_from": "mask",
-                "exclude_special": self.mask.exclude_special}
+        return {
+            "positions": self.mask.describe()["positions"],
+            "positions_from": "mask",
+            "exclude_special": self.mask.exclude_special,
+        }

@@ -44,8 +44,9 @@ class GroupedSums(Metric):
 
     def update(self, values: Tensor, group: Tensor) -> None:
         if values.ndim != 2 or values.shape[1] != self.width or group.shape != values.shape[:1]:
-            raise ValueError(f"values must be [B, {self.width}] and group [B], got {tuple(values.shape)}, "
-                             f"{tuple(group.shape)}")
+            raise ValueError(
+                f"values must be [B, {self.width}] and group [B], got {tuple(values.shape)}, {tuple(group.shape)}"
+            )
         v = values.detach().to(device=self.n.device, dtype=_F64)
         onehot = torch.nn.functional.one_hot(group.to(self.n.device).long(), self.num_groups).to(_F64)
         self.n += onehot.sum(0)

@@ -47,8 +47,12 @@ class FeatureAttribution:
 
     def describe(self) -> dict[str, object]:
         """The options as features.json records them."""
-        return {"method": self.method, "baseline": self.baseline, "top_k": self.top_k,
-                "ig_steps": self.ig_steps if self.method == "ig" else None}
+        return {
+            "method": self.method,
+            "baseline": self.baseline,
+            "top_k": self.top_k,
+            "ig_steps": self.ig_steps if self.method == "ig" else None,
+        }
 
     def __repr__(self) -> str:
         return f"FeatureAttribution({self.describe()}, positions={self.positions}, saes={self.saes})"

@@ -59,10 +59,10 @@ def _ranks(x: Tensor) -> Tensor:
 
 def spearman(a: Sequence[float | None], b: Sequence[float | None]) -> float | None:
     """Spearman's rank correlation of the pairs where both are defined; None with fewer than 3 or no spread."""
-    pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
+    pairs = [(x, y) for x, y in zip(a, b, strict=True) if x is not None and y is not None]
     if len(pairs) < 3:
         return None
-    ra, rb = (_ranks(torch.tensor(v, dtype=torch.float64)) for v in zip(*pairs))
+    ra, rb = (_ranks(torch.tensor(v, dtype=torch.float64)) for v in zip(*pairs, strict=True))
     ra, rb = ra - ra.mean(), rb - rb.mean()
     denom = float(ra.norm() * rb.norm())
     return json_number(float(ra @ rb) / denom) if denom > 0 else None
@@ -98,13 +98,17 @@ def _top_entries(st: SaeStates, slices: Mapping[str, Mapping[str, list[int]]]) -
     attr = st.attribution.pooled()
     eff = st.effects.pooled() if st.effects is not None else None
     fire = st.fires.compute()["rate"]
-    per_slice = {(f, v): (st.attribution.pooled(idx), st.effects.pooled(idx) if st.effects is not None else None)
-                 for f, values in slices.items() for v, idx in values.items()}
+    per_slice = {
+        (f, v): (st.attribution.pooled(idx), st.effects.pooled(idx) if st.effects is not None else None)
+        for f, values in slices.items()
+        for v, idx in values.items()
+    }
     entries = []
     for k, j in enumerate(st.top):
         entry: dict[str, Any] = {
             "feature": j,
-            "attribution": json_number(attr["mean"][j]), "attribution_ci": _ci(attr, j),
+            "attribution": json_number(attr["mean"][j]),
+            "attribution_ci": _ci(attr, j),
             "ablation_effect": json_number(eff["mean"][k]) if eff else None,
             "ablation_effect_ci": _ci(eff, k) if eff else [None, None],
             "fire_rate": json_number(fire[j]),
@@ -112,9 +116,11 @@ def _top_entries(st: SaeStates, slices: Mapping[str, Mapping[str, list[int]]]) -
         }
         for (f, v), (sa, se) in per_slice.items():
             entry["slices"][f"{f}={v}"] = {
-                "attribution": json_number(sa["mean"][j]), "attribution_ci": _ci(sa, j),
+                "attribution": json_number(sa["mean"][j]),
+                "attribution_ci": _ci(sa, j),
                 "ablation_effect": json_number(se["mean"][k]) if se else None,
-                "ablation_effect_ci": _ci(se, k) if se else [None, None], "n": int(sa["n"]),
+                "ablation_effect_ci": _ci(se, k) if se else [None, None],
+                "n": int(sa["n"]),
             }
         entries.append(entry)
     return entries
@@ -134,13 +140,19 @@ def _differing(st: SaeStates, values: Mapping[str, list[int]], n: int) -> list[d
         hi, lo = names[int(means[:, j].argmax())], names[int(means[:, j].argmin())]
         se = float((stats[hi]["stderr"][j] ** 2 + stats[lo]["stderr"][j] ** 2).sqrt())
         gap = float(spread[j])
-        out.append({
-            "feature": j, "spread": json_number(gap), "spread_ci": [json_number(gap - 1.96 * se),
-                                                                    json_number(gap + 1.96 * se)],
-            "highest": hi, "lowest": lo,
-            "values": {v: {"attribution": json_number(s["mean"][j]), "attribution_ci": _ci(s, j), "n": int(s["n"])}
-                       for v, s in stats.items()},
-        })
+        out.append(
+            {
+                "feature": j,
+                "spread": json_number(gap),
+                "spread_ci": [json_number(gap - 1.96 * se), json_number(gap + 1.96 * se)],
+                "highest": hi,
+                "lowest": lo,
+                "values": {
+                    v: {"attribution": json_number(s["mean"][j]), "attribution_ci": _ci(s, j), "n": int(s["n"])}
+                    for v, s in stats.items()
+                },
+            }
+        )
     return out
 
 
@@ -154,8 +166,15 @@ def sae_entry(st: SaeStates, clean_ld: float | None, task: Any, n_differing: int
     for e, latents in enumerate(st.edits[n_top:-1], start=n_top):
         mean = json_number(eff["mean"][e]) if eff else None
         ld = None if mean is None or clean_ld is None else clean_ld + mean
-        faith.append({"k": len(latents), "logit_diff": ld, "effect": mean, "effect_ci": _ci(eff, e) if eff else None,
-                      "fraction_kept": _fraction(ld, clean_ld)})
+        faith.append(
+            {
+                "k": len(latents),
+                "logit_diff": ld,
+                "effect": mean,
+                "effect_ci": _ci(eff, e) if eff else None,
+                "fraction_kept": _fraction(ld, clean_ld),
+            }
+        )
     attr_mean = st.attribution.pooled()["mean"]
     fires = st.fires.compute()
     ids, rows = st.rows.compute() if st.rows is not None else (torch.empty(0), torch.empty(0, 0))
@@ -171,13 +190,19 @@ def sae_entry(st: SaeStates, clean_ld: float | None, task: Any, n_differing: int
         "faithfulness": faith,
         "rank_correlation": spearman([t["attribution"] for t in top], [t["ablation_effect"] for t in top]),
         "differing": {f: _differing(st, values, n_differing) for f, values in slices.items() if len(values) > 1},
-        "examples": {"ids": [int(i) for i in ids], "features": list(st.top),
-                     "ablation_effect": [[_float32(v) for v in row] for row in rows.tolist()]},
+        "examples": {
+            "ids": [int(i) for i in ids],
+            "features": list(st.top),
+            "ablation_effect": [[_float32(v) for v in row] for row in rows.tolist()],
+        },
     }
 
 
 def summarize(
-    options: FeatureAttribution, positions: Mapping[str, Any], task: Any, clean_ld: GroupedSums,
+    options: FeatureAttribution,
+    positions: Mapping[str, Any],
+    task: Any,
+    clean_ld: GroupedSums,
     states: Mapping[str, SaeStates],
 ) -> dict[str, Any]:
     """The features.json document (README: "features.json")."""

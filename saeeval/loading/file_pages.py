@@ -44,7 +44,7 @@ def tensor_span(tensor: torch.Tensor) -> Span:
     """The bytes `tensor` reads: from its first element to one past its last (strides taken as non-negative)."""
     if tensor.numel() == 0:
         return tensor.data_ptr(), tensor.data_ptr()
-    last = sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride()))
+    last = sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride(), strict=True))
     return tensor.data_ptr(), tensor.data_ptr() + (last + 1) * tensor.element_size()
 
 

@@ -90,11 +90,15 @@ def load_model(
 
 def _unknown_model(name: str, source: str, zoo: Path) -> SaeevalError:
     if source == "folder":
-        return SaeevalError(f"model folder '{name}' does not exist: point model.name at a Hugging Face model folder "
-                            "(saved with save_pretrained) or a zoo-format model folder")
+        return SaeevalError(
+            f"model folder '{name}' does not exist: point model.name at a Hugging Face model folder "
+            "(saved with save_pretrained) or a zoo-format model folder"
+        )
     if source == "transformer_lens":
-        return SaeevalError(f"'{name}' is not a TransformerLens model name: use an official name or alias "
-                            "(e.g. gpt2-small, gemma-2-2b), or model=hf_folder for a local folder")
+        return SaeevalError(
+            f"'{name}' is not a TransformerLens model name: use an official name or alias "
+            "(e.g. gpt2-small, gemma-2-2b), or model=hf_folder for a local folder"
+        )
     zoo_names = ", ".join(available_zoo_models(zoo)) or "tiny"
     where = "zoo" if source == "zoo" else "zoo name, TransformerLens name or folder"
     return SaeevalError(
@@ -159,7 +163,7 @@ def load_zoo_folder(
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder)) if (folder / "tokenizer.json").is_file() else None
     model = HookedSAETransformer(cfg, tokenizer=tokenizer)
     state_dict = load_file(str(folder / "model.safetensors"), device=str(device))
-    missing, unexpected = model.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, strict=False)
+    missing, unexpected = model.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, strict=True)
     buffers = {k for k, _ in model.named_buffers()}
     missing_params = [k for k in missing if k not in buffers]
     if missing_params or unexpected:
@@ -192,7 +196,11 @@ def _load_hf_folder(folder: Path, device: str, dtype: torch.dtype, kwargs: dict[
                 cfg = _name_only_config(hf_cfg, device, dtype, **config_kwargs)
             else:
                 cfg = tl_loading.get_pretrained_model_config(
-                    config_dir, hf_cfg=hf_cfg, fold_ln=processing["fold_ln"], device=device, dtype=dtype,
+                    config_dir,
+                    hf_cfg=hf_cfg,
+                    fold_ln=processing["fold_ln"],
+                    device=device,
+                    dtype=dtype,
                     **config_kwargs,
                 )
             with torch.no_grad():  # plain views of the HF tensors, not autograd nodes holding them
@@ -214,9 +222,7 @@ def _load_hf_folder(folder: Path, device: str, dtype: torch.dtype, kwargs: dict[
     return model
 
 
-def take_over_weights(
-    model: Any, state_dict: dict[str, torch.Tensor], checkpoint_files: Iterable[Path] = ()
-) -> None:
+def take_over_weights(model: Any, state_dict: dict[str, torch.Tensor], checkpoint_files: Iterable[Path] = ()) -> None:
     """Load a converted state dict by making its tensors the model's parameters (`assign`), not copies of them.
 
     Why: TransformerLens's loader copies every tensor into freshly allocated parameters while the Hugging Face
@@ -235,7 +241,8 @@ def take_over_weights(
     mappings = file_mappings(checkpoint_files)
     pending = {  # tensors still to read the file: the source each one is, the bytes it reads
         key: (_source(_copied_form(key, t)), tensor_span(t))
-        for key, t in state_dict.items() if overlaps(tensor_span(t), mappings)
+        for key, t in state_dict.items()
+        if overlaps(tensor_span(t), mappings)
     }
     copies: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
     for key in list(state_dict):
@@ -245,7 +252,7 @@ def take_over_weights(
             form = _copied_form(key, tensor)
             owned = _owned(form, targets[key].dtype, mappings, copies, keep)
             tensor = owned.T if form is not tensor else owned
-        model.load_state_dict({key: tensor}, strict=False, assign=True)
+        model.load_state_dict({key: tensor}, strict=True, assign=True)
         if read is not None:
             release_pages(read[1], mappings, keep)
         del tensor
@@ -292,8 +299,13 @@ def _architecture(hf_cfg: dict[str, Any]) -> str:
 
 
 def _name_only_config(
-    hf: dict[str, Any], device: str, dtype: torch.dtype, *, n_ctx: int | None = None,
-    default_prepend_bos: bool | None = None, first_n_layers: int | None = None,
+    hf: dict[str, Any],
+    device: str,
+    dtype: torch.dtype,
+    *,
+    n_ctx: int | None = None,
+    default_prepend_bos: bool | None = None,
+    first_n_layers: int | None = None,
 ) -> HookedTransformerConfig:
     """The official template of the folder's architecture, with every shape and setting its config.json gives."""
     cfg = tl_loading.convert_hf_model_config(NAME_ONLY_ARCHITECTURES[_architecture(hf)])
@@ -302,15 +314,27 @@ def _name_only_config(
         "sliding_attention" if i % 2 == 0 else "full_attention" for i in range(hf["num_hidden_layers"])
     ]
     cfg.update(
-        d_model=hf["hidden_size"], d_head=hf["head_dim"], n_heads=hf["num_attention_heads"],
-        n_key_value_heads=hf["num_key_value_heads"], d_mlp=hf["intermediate_size"],
-        n_layers=first_n_layers or hf["num_hidden_layers"], n_ctx=n_ctx or hf["max_position_embeddings"],
-        eps=hf["rms_norm_eps"], d_vocab=hf["vocab_size"], act_fn=hf["hidden_activation"],
+        d_model=hf["hidden_size"],
+        d_head=hf["head_dim"],
+        n_heads=hf["num_attention_heads"],
+        n_key_value_heads=hf["num_key_value_heads"],
+        d_mlp=hf["intermediate_size"],
+        n_layers=first_n_layers or hf["num_hidden_layers"],
+        n_ctx=n_ctx or hf["max_position_embeddings"],
+        eps=hf["rms_norm_eps"],
+        d_vocab=hf["vocab_size"],
+        act_fn=hf["hidden_activation"],
         rotary_base=float(hf.get("rope_theta", rope.get("rope_theta", cfg["rotary_base"]))),
-        window_size=hf["sliding_window"], attn_types=[_LAYER_TYPES[t] for t in layer_types],
-        attn_scores_soft_cap=hf["attn_logit_softcapping"], output_logits_soft_cap=hf["final_logit_softcapping"],
+        window_size=hf["sliding_window"],
+        attn_types=[_LAYER_TYPES[t] for t in layer_types],
+        attn_scores_soft_cap=hf["attn_logit_softcapping"],
+        output_logits_soft_cap=hf["final_logit_softcapping"],
         attn_scale=float(hf["query_pre_attn_scalar"]) ** 0.5,
-        init_weights=False, device=device, dtype=dtype, n_devices=1, from_checkpoint=False,
+        init_weights=False,
+        device=device,
+        dtype=dtype,
+        n_devices=1,
+        from_checkpoint=False,
         default_prepend_bos=True if default_prepend_bos is None else default_prepend_bos,
     )
     cfg.pop("tokenizer_name", None)

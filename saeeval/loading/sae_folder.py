@@ -31,21 +31,25 @@ def check_sae_folder(folder: Path) -> dict[str, Any]:
 def _read_cfg(folder: Path) -> dict[str, Any]:
     path = folder / CFG_FILE
     if not path.is_file():
-        raise SaeevalError(f"SAE folder '{folder}' has no {CFG_FILE}: point saes.paths at folders written by "
-                           "sae.save_model()")
+        raise SaeevalError(
+            f"SAE folder '{folder}' has no {CFG_FILE}: point saes.paths at folders written by sae.save_model()"
+        )
     data = path.read_bytes()
     try:
         cfg = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as err:
-        raise SaeevalError(f"SAE folder '{folder}': {CFG_FILE} is not UTF-8 text (byte {err.start}): {RESAVE}") from None
+        raise SaeevalError(
+            f"SAE folder '{folder}': {CFG_FILE} is not UTF-8 text (byte {err.start}): {RESAVE}"
+        ) from None
     except json.JSONDecodeError as err:
         raise SaeevalError(
             f"SAE folder '{folder}': {CFG_FILE} is not valid JSON ({err.msg} at line {err.lineno} column "
             f"{err.colno}): fix it or {RESAVE}"
         ) from None
     if not isinstance(cfg, dict):
-        raise SaeevalError(f"SAE folder '{folder}': {CFG_FILE} holds a {type(cfg).__name__}, not an object of "
-                           f"SAE settings: {RESAVE}")
+        raise SaeevalError(
+            f"SAE folder '{folder}': {CFG_FILE} holds a {type(cfg).__name__}, not an object of SAE settings: {RESAVE}"
+        )
     return cfg
 
 

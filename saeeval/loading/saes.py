@@ -61,8 +61,10 @@ def load_saes(
     else:
         raise SaeevalError(f"unknown SAE source '{source}': use one of {', '.join(SOURCES)}")
     if not saes:
-        raise SaeevalError(f"no SAE selected (saes.hooks={hooks}), so there is nothing to splice: list at least one "
-                           "hook in saes.hooks, or drop it to take every SAE")
+        raise SaeevalError(
+            f"no SAE selected (saes.hooks={hooks}), so there is nothing to splice: list at least one "
+            "hook in saes.hooks, or drop it to take every SAE"
+        )
     if check_processing:
         for key, sae in saes.items():
             check_model_processing(sae.cfg.metadata.model_from_pretrained_kwargs, model, key)
@@ -75,7 +77,9 @@ def validate_saes(saes: dict[str, SAE], model: HookedSAETransformer) -> None:
     and holds only finite weights."""
     check_spliceable(saes, model)
     for key, sae in saes.items():
-        check_finite_weights(f"SAE '{key}' at hook '{sae_hook(sae)}'", sae, "retrain or re-export it; saeeval will not splice it")
+        check_finite_weights(
+            f"SAE '{key}' at hook '{sae_hook(sae)}'", sae, "retrain or re-export it; saeeval will not splice it"
+        )
 
 
 def validate_sae(name: str, sae: SAE, model: HookedSAETransformer) -> None:
@@ -92,8 +96,12 @@ def _unique_key(key: str, taken: dict[str, Any]) -> str:
 
 
 def _load_zoo(
-    model: HookedSAETransformer, name: str | None, hooks: list[str] | None, zoo_root: str | Path | None,
-    device: torch.device, dtype: torch.dtype,
+    model: HookedSAETransformer,
+    name: str | None,
+    hooks: list[str] | None,
+    zoo_root: str | Path | None,
+    device: torch.device,
+    dtype: torch.dtype,
 ) -> dict[str, SAE]:
     root = Path(zoo_root) if zoo_root is not None else default_zoo_root()
     name = name or model.cfg.model_name
@@ -101,8 +109,10 @@ def _load_zoo(
     folders = sorted(p for p in sae_root.iterdir() if (p / "cfg.json").is_file()) if sae_root.is_dir() else []
     if not folders:
         zoo = ", ".join(available_zoo_models(root)) or "none installed"
-        raise SaeevalError(f"zoo model '{name}' has no bundled SAEs: use saes.name from the zoo ({zoo}) or another "
-                           "SAE source (release, folder)")
+        raise SaeevalError(
+            f"zoo model '{name}' has no bundled SAEs: use saes.name from the zoo ({zoo}) or another "
+            "SAE source (release, folder)"
+        )
     saes: dict[str, SAE] = {}
     for folder in folders:
         sae = _load_folder(folder, device, dtype)
@@ -126,8 +136,9 @@ def _load_folder(path: Path, device: torch.device, dtype: torch.dtype) -> SAE:
         return SAE.load_from_disk(str(path), device=str(device), dtype=dtype_to_str(dtype))
     except (KeyError, TypeError, ValueError, RuntimeError) as err:  # cfg.json fields or shapes sae_lens rejects
         reason = first_line(err)
-        raise SaeevalError(f"SAE folder '{path}' could not be loaded by sae_lens ({type(err).__name__}: "
-                           f"{reason[:200]}): {RESAVE}") from None
+        raise SaeevalError(
+            f"SAE folder '{path}' could not be loaded by sae_lens ({type(err).__name__}: {reason[:200]}): {RESAVE}"
+        ) from None
 
 
 def _load_folders(paths: list[str] | None, device: torch.device, dtype: torch.dtype) -> dict[str, SAE]:
@@ -164,15 +175,17 @@ def _check_release(release: str | None, sae_ids: list[str]) -> None:
             return  # a Hugging Face repo id in SAELens format: sae_lens loads it directly
         close = difflib.get_close_matches(release, list(directory), n=3, cutoff=0.5)
         hint = ", ".join(close or list(directory)[:3])
-        raise SaeevalError(f"unknown SAE release '{release}': use a sae_lens release name (e.g. {hint}) or a "
-                           "Hugging Face repo id")
+        raise SaeevalError(
+            f"unknown SAE release '{release}': use a sae_lens release name (e.g. {hint}) or a Hugging Face repo id"
+        )
     valid = list(directory[release].saes_map)
     for sae_id in sae_ids:
         if sae_id not in valid:
             close = difflib.get_close_matches(sae_id, valid, n=3, cutoff=0.5)
             hint = ", ".join(close or valid[:3])
-            raise SaeevalError(f"release '{release}' has no SAE id '{sae_id}': use one of its ids (e.g. {hint}; "
-                               f"{len(valid)} in all)")
+            raise SaeevalError(
+                f"release '{release}' has no SAE id '{sae_id}': use one of its ids (e.g. {hint}; {len(valid)} in all)"
+            )
 
 
 def _base_model(name: str) -> str | None:
@@ -203,7 +216,10 @@ def _check_release_model(release: str | None, model: HookedSAETransformer) -> No
 
 
 def _load_release(
-    release: str | None, sae_ids: list[str], device: torch.device, dtype: torch.dtype,
+    release: str | None,
+    sae_ids: list[str],
+    device: torch.device,
+    dtype: torch.dtype,
     model: HookedSAETransformer | None,
 ) -> dict[str, SAE]:
     """`SAE.from_pretrained` per id, from the cache when the hub is unreachable; the processing check (when
@@ -217,14 +233,18 @@ def _load_release(
             check_model_processing(required, model, sae_id)
     saes: dict[str, SAE] = {}
     with hub_access() as offline, warnings.catch_warnings():
-        # saeeval checks the processing flags itself (saeeval.loading.weight_processing); sae_lens's advice names its own API
+        # saeeval checks the processing flags itself (saeeval.loading.weight_processing); sae_lens's advice names
+        # its own API
         warnings.filterwarnings("ignore", message=r"\s*This SAE has non-empty model_from_pretrained_kwargs")
         for sae_id in sae_ids:
             try:
                 sae = SAE.from_pretrained(release, sae_id, device=str(device), dtype=dtype_to_str(dtype))
             except OSError as err:
-                why = f"{offline}, and it is not in the Hugging Face cache {cache_dir()}" if offline else (
-                    first_line(err))
+                why = (
+                    f"{offline}, and it is not in the Hugging Face cache {cache_dir()}"
+                    if offline
+                    else (first_line(err))
+                )
                 raise SaeevalError(
                     f"could not download SAE '{sae_id}' of release '{release}' ({why}): download it once with "
                     "network access, or save it with sae.save_model and use saes=folder"

@@ -16,8 +16,13 @@ import torch
 
 from saeeval.errors import SaeevalError
 
-PROCESSING_KEYS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases",
-                   "refactor_factored_attn_matrices")
+PROCESSING_KEYS = (
+    "fold_ln",
+    "center_writing_weights",
+    "center_unembed",
+    "fold_value_biases",
+    "refactor_factored_attn_matrices",
+)
 
 _FLAGS: weakref.WeakKeyDictionary[torch.nn.Module, dict[str, bool]] = weakref.WeakKeyDictionary()
 

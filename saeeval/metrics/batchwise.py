@@ -69,7 +69,8 @@ class BatchwiseReconstruction(Metric):
         nb, n = self.n_batches, self.n
         if n == 0:
             keys = ("relative_reconstruction_bias", "explained_variance_legacy") + (
-                ("mse", "explained_variance", "l1") if self.tool == "saebench" else ())
+                ("mse", "explained_variance", "l1") if self.tool == "saebench" else ()
+            )
             return {f"{k}_{self.tool}": nan.clone() for k in keys}
         out = {
             "relative_reconstruction_bias": self.sum_rrb / nb,

@@ -44,8 +44,10 @@ class GeneratedLabels(Metric):
 
     def update(self, parsed: Tensor, group: Tensor, logit_diff: Tensor) -> None:
         if not (parsed.ndim == group.ndim == logit_diff.ndim == 1 and parsed.shape == group.shape == logit_diff.shape):
-            raise ValueError(f"parsed {tuple(parsed.shape)}, group {tuple(group.shape)} and logit_diff "
-                             f"{tuple(logit_diff.shape)} must be one [batch] shape")
+            raise ValueError(
+                f"parsed {tuple(parsed.shape)}, group {tuple(group.shape)} and logit_diff "
+                f"{tuple(logit_diff.shape)} must be one [batch] shape"
+            )
         if parsed.numel() == 0:
             return
         dev = self.n.device
@@ -54,8 +56,12 @@ class GeneratedLabels(Metric):
             raise ValueError(f"group ids must lie in [0, {self.num_groups})")
         preferred = torch.where(logit_diff.to(dev) > 0, CORRECT, INCORRECT)
         onehot = torch.nn.functional.one_hot(group, self.num_groups)
-        for name, hit in (("n", torch.ones_like(parsed, dtype=torch.bool)), ("n_parsed", parsed >= 0),
-                          ("n_correct", parsed == CORRECT), ("n_agree", parsed == preferred)):
+        for name, hit in (
+            ("n", torch.ones_like(parsed, dtype=torch.bool)),
+            ("n_parsed", parsed >= 0),
+            ("n_correct", parsed == CORRECT),
+            ("n_agree", parsed == preferred),
+        ):
             setattr(self, name, getattr(self, name) + (hit.long()[:, None] * onehot).sum(0))
 
     def compute(self) -> dict[str, Tensor]:
@@ -78,8 +84,10 @@ class GeneratedTokens(Metric):
 
     def update(self, ids: Tensor, tokens: Tensor, parsed: Tensor) -> None:
         if tokens.shape != (ids.shape[0], self.width) or parsed.shape != ids.shape:
-            raise ValueError(f"ids {tuple(ids.shape)}, tokens {tuple(tokens.shape)}, parsed {tuple(parsed.shape)}: "
-                             f"need [B], [B, {self.width}], [B]")
+            raise ValueError(
+                f"ids {tuple(ids.shape)}, tokens {tuple(tokens.shape)}, parsed {tuple(parsed.shape)}: "
+                f"need [B], [B, {self.width}], [B]"
+            )
         for name, value in (("ids", ids), ("tokens", tokens), ("parsed", parsed)):
             getattr(self, name).append(value.detach().to(device=self.device, dtype=torch.long))
 
@@ -110,8 +118,12 @@ class GenerationMetrics(torch.nn.Module):
 
     def compute(self) -> GenerationComputed:
         ids, tokens, parsed = self.tokens.compute()
-        return GenerationComputed({k: v.detach().cpu() for k, v in self.labels.compute().items()},
-                                  ids.tolist(), tokens.tolist(), parsed.tolist())
+        return GenerationComputed(
+            {k: v.detach().cpu() for k, v in self.labels.compute().items()},
+            ids.tolist(),
+            tokens.tolist(),
+            parsed.tolist(),
+        )
 
 
 @dataclass
@@ -135,6 +147,12 @@ def summarize_generation(counts: Mapping[str, Tensor], groups: Any = None) -> di
     def ratio(a: int, b: int) -> float | None:
         return a / b if b else None
 
-    return {"accuracy": ratio(correct, n), "accuracy_parsed": ratio(correct, parsed),
-            "unparsed_rate": ratio(n - parsed, n), "agreement": ratio(agree, n),
-            "n": n, "n_parsed": parsed, "n_correct": correct}
+    return {
+        "accuracy": ratio(correct, n),
+        "accuracy_parsed": ratio(correct, parsed),
+        "unparsed_rate": ratio(n - parsed, n),
+        "agreement": ratio(agree, n),
+        "n": n,
+        "n_parsed": parsed,
+        "n_correct": correct,
+    }

@@ -92,8 +92,8 @@ class _MaskedMean(Metric):
 
     def _add(self, values: Tensor, count: int | Tensor | None = None) -> None:
         """``add(values, count)``: per-position ``values`` into Σ and ``count`` (default: all of them) into the count.
-        The chunked scorer (saeeval.engine.scoring) feeds the states this way, with values it computed for several metrics
-        at once."""
+        The chunked scorer (saeeval.engine.scoring) feeds the states this way, with values it computed for several
+        metrics at once."""
         self.total += values.sum(dtype=_F64).to(self.total.device)
         self.total_sq += values.to(_F64).square().sum().to(self.total.device)
         if count is None:

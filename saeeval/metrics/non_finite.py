@@ -62,4 +62,4 @@ class NonFinite(Metric):
 
     def compute(self) -> dict[str, int]:  # type: ignore[override]
         counts = self.counts.tolist()
-        return {site: int(n) for site, n in zip(self.sites, counts) if n}
+        return {site: int(n) for site, n in zip(self.sites, counts, strict=True) if n}

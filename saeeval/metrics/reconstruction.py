@@ -15,8 +15,17 @@ CHUNK_ELEMENTS = 1 << 22
 """Rows are processed in chunks of about this many elements, so the float64 upcast stays small (32 MiB)."""
 
 _SCALARS = (
-    "n", "sum_sq_err", "sum_sq_norm_in", "sum_sq_norm_out", "sum_dot", "sum_norm_in", "sum_norm_out",
-    "sum_cos", "sum_l2_ratio", "sum_l0", "sum_l1",
+    "n",
+    "sum_sq_err",
+    "sum_sq_norm_in",
+    "sum_sq_norm_out",
+    "sum_dot",
+    "sum_norm_in",
+    "sum_norm_out",
+    "sum_cos",
+    "sum_l2_ratio",
+    "sum_l0",
+    "sum_l1",
 )
 
 
@@ -123,8 +132,18 @@ class Reconstruction(Metric):
         n = self.n
         nan = torch.tensor(float("nan"), dtype=_F64, device=n.device)
         if n == 0:
-            keys = ("mse", "explained_variance", "cosine_similarity", "l2_norm_in", "l2_norm_out", "l2_ratio",
-                    "relative_reconstruction_bias", "l0", "l1", "dead_fraction")
+            keys = (
+                "mse",
+                "explained_variance",
+                "cosine_similarity",
+                "l2_norm_in",
+                "l2_norm_out",
+                "l2_ratio",
+                "relative_reconstruction_bias",
+                "l0",
+                "l1",
+                "dead_fraction",
+            )
             return {**{k: nan.clone() for k in keys}, "n_tokens": n.clone()}
         mse = self.sum_sq_err / n
         mean_sq_in, mean_sq_out = self.sum_sq_norm_in / n, self.sum_sq_norm_out / n

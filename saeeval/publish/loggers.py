@@ -23,8 +23,16 @@ from saeeval.results.schema import NAN, SAMPLES_FILE
 
 SAMPLES_KEY = "samples"
 CHART_KEY = "logit_diff_chart"
-FEATURE_COLUMNS = ["feature", "attribution", "attribution_ci_low", "attribution_ci_high", "ablation_effect",
-                   "ablation_effect_ci_low", "ablation_effect_ci_high", "fire_rate"]
+FEATURE_COLUMNS = [
+    "feature",
+    "attribution",
+    "attribution_ci_low",
+    "attribution_ci_high",
+    "ablation_effect",
+    "ablation_effect_ci_low",
+    "ablation_effect_ci_high",
+    "fire_rate",
+]
 
 
 def wandb_logger(**kwargs: Any) -> WandbLogger:
@@ -71,7 +79,9 @@ def flat_metrics(doc: Mapping[str, Any]) -> dict[str, float]:
                     if _is_number(v):
                         out[section_key(section, part, cond, k)] = as_number(v)
                     elif isinstance(v, Mapping):  # a slice's generation block
-                        out.update({section_key(section, part, cond, f"{k}/{g}"): x for g, x in v.items() if _is_number(x)})
+                        out.update(
+                            {section_key(section, part, cond, f"{k}/{g}"): x for g, x in v.items() if _is_number(x)}
+                        )
     return out
 
 
@@ -93,12 +103,25 @@ def samples_table(doc: Mapping[str, Any], out_dir: Path) -> tuple[list[str], lis
     conds = list(doc["conditions"])
     fields = list(dict.fromkeys(k for r in records for k in (r.get("fields") or {})))
     generated = [c for c in conds if any(c in (r.get("generation") or {}) for r in records)]
-    columns = ["id", "prompt", "correct", "incorrect", *[f"fields/{f}" for f in fields],
-               *[f"logit_diff/{c}" for c in conds], *[f"generated/{c}" for c in generated]]
+    columns = [
+        "id",
+        "prompt",
+        "correct",
+        "incorrect",
+        *[f"fields/{f}" for f in fields],
+        *[f"logit_diff/{c}" for c in conds],
+        *[f"generated/{c}" for c in generated],
+    ]
     rows = [
-        [r["id"], r["prompt"], r.get("correct_str"), r.get("incorrect_str"),
-         *[(r.get("fields") or {}).get(f) for f in fields], *[r["logit_diff"].get(c) for c in conds],
-         *[((r.get("generation") or {}).get(c) or {}).get("text") for c in generated]]
+        [
+            r["id"],
+            r["prompt"],
+            r.get("correct_str"),
+            r.get("incorrect_str"),
+            *[(r.get("fields") or {}).get(f) for f in fields],
+            *[r["logit_diff"].get(c) for c in conds],
+            *[((r.get("generation") or {}).get(c) or {}).get("text") for c in generated],
+        ]
         for r in records
     ]
     return columns, rows
@@ -110,9 +133,11 @@ def feature_metrics(out_dir: Path) -> dict[str, float]:
     doc = read_features(out_dir)
     out: dict[str, float] = {}
     for name, s in (doc or {}).get("saes", {}).items():
-        values = {"rank_correlation": s.get("rank_correlation"),
-                  "top_ablation_effect": s["top"][0]["ablation_effect"] if s.get("top") else None,
-                  **{f"fraction_kept@{p['k']}": p.get("fraction_kept") for p in s.get("faithfulness", [])}}
+        values = {
+            "rank_correlation": s.get("rank_correlation"),
+            "top_ablation_effect": s["top"][0]["ablation_effect"] if s.get("top") else None,
+            **{f"fraction_kept@{p['k']}": p.get("fraction_kept") for p in s.get("faithfulness", [])},
+        }
         out.update({feature_key(name, k): v for k, v in values.items() if _is_number(v)})
     return out
 
@@ -120,9 +145,23 @@ def feature_metrics(out_dir: Path) -> dict[str, float]:
 def feature_tables(out_dir: Path) -> dict[str, tuple[list[str], list[list[Any]]]]:
     """`features/<sae>` -> (FEATURE_COLUMNS, one row per top latent) from the run's features.json."""
     doc = read_features(out_dir) or {}
-    return {feature_key(name): (FEATURE_COLUMNS, [
-        [t["feature"], t["attribution"], *t["attribution_ci"], t["ablation_effect"], *t["ablation_effect_ci"],
-         t["fire_rate"]] for t in s["top"]]) for name, s in doc.get("saes", {}).items()}
+    return {
+        feature_key(name): (
+            FEATURE_COLUMNS,
+            [
+                [
+                    t["feature"],
+                    t["attribution"],
+                    *t["attribution_ci"],
+                    t["ablation_effect"],
+                    *t["ablation_effect_ci"],
+                    t["fire_rate"],
+                ]
+                for t in s["top"]
+            ],
+        )
+        for name, s in doc.get("saes", {}).items()
+    }
 
 
 def log_results(logger: Logger, doc: Mapping[str, Any], out_dir: Path) -> None:

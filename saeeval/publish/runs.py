@@ -88,8 +88,11 @@ def label_runs(runs: Sequence[Run]) -> None:
     flat = [_flatten(r.doc.get("config") or {}) for r in runs]
     rank = {g: i for i, g in enumerate(_LABEL_PRIORITY)}
     keys = sorted(
-        (k for k in dict.fromkeys(k for f in flat for k in f)
-         if k.split(".")[0] not in _LABEL_SKIP and not k.endswith("_target_")),
+        (
+            k
+            for k in dict.fromkeys(k for f in flat for k in f)
+            if k.split(".")[0] not in _LABEL_SKIP and not k.endswith("_target_")
+        ),
         key=lambda k: rank.get(k.split(".")[0], len(rank)),
     )
     differs: list[list[str]] = [[] for _ in runs]
@@ -101,7 +104,7 @@ def label_runs(runs: Sequence[Run]) -> None:
             if len({flat[i].get(k) for i in idx}) > 1:
                 for i in idx:
                     differs[i].append(f"{k}={_short(flat[i].get(k, '—'))}")
-    for i, (run, d) in enumerate(zip(runs, dirs)):
+    for i, (run, d) in enumerate(zip(runs, dirs, strict=True)):
         rel = d.relative_to(common).as_posix() if common is not None else d.name
         run.rid, run.folder = f"R{i + 1}", d.name if rel == "." else rel
         run.differs = tuple(differs[i])

@@ -1,7 +1,8 @@
 """The comparison as a wandb report: the same sections as the HTML page, as panels over the logged metric keys.
 
-Runs log `<condition>/<group>/<metric>` (see saeeval.publish.loggers.flat_metrics); the panels plot those keys across the
-project's runs. Saving needs the wandb API (login + network), so the local HTML report stays the primary output.
+Runs log `<condition>/<group>/<metric>` (the names in saeeval.publish.metric_keys); the panels plot those keys
+across the project's runs. Saving needs the wandb API (login + network), so the local HTML report stays the primary
+output.
 """
 
 from __future__ import annotations
@@ -54,11 +55,21 @@ def _summary_md(runs: Sequence[Run]) -> str:
     rows = []
     for r in runs:
         clean = ((r.doc["conditions"].get("clean") or {}).get("task")) or {}
-        rows.append((r.rid, r.label, r.doc["model"].get("name"), r.task, r.doc["task"].get("n_examples"),
-                     r.doc.get("config_hash"), clean.get("accuracy")))
-    return ("Comparison of saeeval runs: what splicing each SAE into the model does to the task and to next-token "
-            "loss.\n\n" + _md_table(("run", "label", "model", "task", "n examples", "config hash", "clean accuracy"),
-                                     rows))
+        rows.append(
+            (
+                r.rid,
+                r.label,
+                r.doc["model"].get("name"),
+                r.task,
+                r.doc["task"].get("n_examples"),
+                r.doc.get("config_hash"),
+                clean.get("accuracy"),
+            )
+        )
+    return (
+        "Comparison of saeeval runs: what splicing each SAE into the model does to the task and to next-token "
+        "loss.\n\n" + _md_table(("run", "label", "model", "task", "n examples", "config hash", "clean accuracy"), rows)
+    )
 
 
 def _recon_md(runs: Sequence[Run]) -> str:
@@ -75,10 +86,16 @@ def _features_md(runs: Sequence[Run]) -> str | None:
     found = [(r, doc) for r in runs if (doc := read_features(r.path)) is not None]
     if not found:
         return None
-    rows = [(r.rid, name, s.get("rank_correlation"), *row) for r, doc in found for name, s in doc["saes"].items()
-            for row in top_rows(s, _FEATURE_ROWS)]
-    return ("Latents ranked by |attribution| of the logit difference, with the exact effect of ablating each alone "
-            "(95% CIs over examples).\n\n" + _md_table(("run", "SAE", "rank corr.", *TOP_HEAD), rows))
+    rows = [
+        (r.rid, name, s.get("rank_correlation"), *row)
+        for r, doc in found
+        for name, s in doc["saes"].items()
+        for row in top_rows(s, _FEATURE_ROWS)
+    ]
+    return (
+        "Latents ranked by |attribution| of the logit difference, with the exact effect of ablating each alone "
+        "(95% CIs over examples).\n\n" + _md_table(("run", "SAE", "rank corr.", *TOP_HEAD), rows)
+    )
 
 
 def _runset_filter(runs: Sequence[Run]) -> str:
@@ -101,30 +118,58 @@ def _panels(wr: Any, runs: Sequence[Run], task: str) -> list[Any]:
     conds = conditions_of(runs)
 
     def having(group: str, metric: str) -> list[str]:
-        return [c for c in conds if any(((r.doc["conditions"].get(c) or {}).get(group) or {}).get(metric)
-                                        is not None for r in runs)]
+        return [
+            c
+            for c in conds
+            if any(((r.doc["conditions"].get(c) or {}).get(group) or {}).get(metric) is not None for r in runs)
+        ]
 
     panels: list[Any] = []
     if ld := having("task", "logit_diff"):
-        panels.append(wr.BarPlot(title=f"{task}: logit diff per condition",
-                                 metrics=[condition_key(c, "task", "logit_diff") for c in ld]))
+        panels.append(
+            wr.BarPlot(
+                title=f"{task}: logit diff per condition", metrics=[condition_key(c, "task", "logit_diff") for c in ld]
+            )
+        )
     if rec := having("task", "logit_diff_recovered"):
-        panels.append(wr.BarPlot(title=f"{task}: logit diff recovered",
-                                 metrics=[condition_key(c, "task", "logit_diff_recovered") for c in rec]))
+        panels.append(
+            wr.BarPlot(
+                title=f"{task}: logit diff recovered",
+                metrics=[condition_key(c, "task", "logit_diff_recovered") for c in rec],
+            )
+        )
     if ce := having("lm", "ce_loss_delta"):
-        panels.append(wr.BarPlot(title=f"{task}: CE loss delta", metrics=[condition_key(c, "lm", "ce_loss_delta") for c in ce]))
+        panels.append(
+            wr.BarPlot(title=f"{task}: CE loss delta", metrics=[condition_key(c, "lm", "ce_loss_delta") for c in ce])
+        )
     scatters = [(c, hooks[0]) for c in ce if len(hooks := _hooks(runs, c)) == 1]
     for cond, hook in scatters[:_MAX_SCATTERS]:
-        panels.append(wr.ScatterPlot(title=f"{cond}: CE loss delta against L0", x=reconstruction_key(cond, hook, "l0"),
-                                     y=condition_key(cond, "lm", "ce_loss_delta")))
+        panels.append(
+            wr.ScatterPlot(
+                title=f"{cond}: CE loss delta against L0",
+                x=reconstruction_key(cond, hook, "l0"),
+                y=condition_key(cond, "lm", "ce_loss_delta"),
+            )
+        )
     sae_names = list(dict.fromkeys(n for r in runs for n in ((read_features(r.path) or {}).get("saes") or {})))
     if sae_names:
-        panels.append(wr.BarPlot(title=f"{task}: rank correlation of attribution and exact ablation effect",
-                                 metrics=[feature_key(n, "rank_correlation") for n in sae_names]))
+        panels.append(
+            wr.BarPlot(
+                title=f"{task}: rank correlation of attribution and exact ablation effect",
+                metrics=[feature_key(n, "rank_correlation") for n in sae_names],
+            )
+        )
     for sl in identity_slices(runs):
-        panels.append(wr.BarPlot(title=f"{task}: accuracy on {sl}",
-                                 metrics=[section_key("slices", sl, c, "accuracy") for c in conds
-                                          if any(c in (r.doc.get("slices") or {}).get(sl, {}) for r in runs)]))
+        panels.append(
+            wr.BarPlot(
+                title=f"{task}: accuracy on {sl}",
+                metrics=[
+                    section_key("slices", sl, c, "accuracy")
+                    for c in conds
+                    if any(c in (r.doc.get("slices") or {}).get(sl, {}) for r in runs)
+                ],
+            )
+        )
     return panels
 
 
@@ -146,8 +191,13 @@ def wandb_report(runs: Sequence[Run], entity: str, project: str) -> wr.Report:
         ]
         if (features := _features_md(task_runs)) is not None:
             blocks += [wr.H3(text="Feature attribution"), wr.MarkdownBlock(text=features)]
-    return wr.Report(entity=entity, project=project, title=title,
-                     description=f"{len(runs)} runs compared by python -m saeeval.report", blocks=blocks)
+    return wr.Report(
+        entity=entity,
+        project=project,
+        title=title,
+        description=f"{len(runs)} runs compared by python -m saeeval.report",
+        blocks=blocks,
+    )
 
 
 def publish_wandb_report(runs: Sequence[Run], target: str) -> str:
@@ -158,6 +208,8 @@ def publish_wandb_report(runs: Sequence[Run], target: str) -> str:
         report.save()
     except Exception as err:  # the wandb API raises many types (auth, network, GraphQL); all mean "not saved"
         first = first_line(err)
-        raise SaeevalError(f"could not save the wandb report to {entity}/{project}: {first}; "
-                           "check `wandb login` and the network (the HTML report was still written)") from None
+        raise SaeevalError(
+            f"could not save the wandb report to {entity}/{project}: {first}; "
+            "check `wandb login` and the network (the HTML report was still written)"
+        ) from None
     return str(report.url)

@@ -146,4 +146,3 @@ def short_name(name: str) -> str:
     """A condition or hook name abbreviated the same way everywhere: `blocks.1.attn.hook_z` -> `L1.attn.z`,
     `zero_ablation@blocks.0.hook_resid_post` -> `zero@L0.resid_post`; other names are kept."""
     return _ABLATION_RE.sub(r"\1@", _HOOK_RE.sub(r"L\1.\2\3", name))
-

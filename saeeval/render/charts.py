@@ -75,8 +75,12 @@ def _legend_label(run: RunLike) -> str:
 
 
 def _grouped_barh(
-    runs: Sequence[RunLike], conds: Sequence[str], value: Callable[[RunLike, str], float | None],
-    err: Callable[[RunLike, str], tuple[float, float]] | None, xlabel: str, title: str,
+    runs: Sequence[RunLike],
+    conds: Sequence[str],
+    value: Callable[[RunLike, str], float | None],
+    err: Callable[[RunLike, str], tuple[float, float]] | None,
+    xlabel: str,
+    title: str,
     flag: Callable[[RunLike, str], bool] | None = None,
 ) -> Figure:
     """Conditions down the y axis, one bar per run inside each condition; a missing value is written 'n/a', a
@@ -96,16 +100,24 @@ def _grouped_barh(
         if err is not None and present:
             errs = [err(run, conds[k]) for k in present]
             bar_kw = {"xerr": np.array(errs).T, "capsize": 3, "error_kw": {"elinewidth": 1, "ecolor": "#333"}}
-        bars = ax.barh([ys[k] for k in present], xs, height=height * 0.92, color=run.color,
-                       label=_legend_label(run), **bar_kw)
-        for k, bar in zip(present, bars):
+        bars = ax.barh(
+            [ys[k] for k in present], xs, height=height * 0.92, color=run.color, label=_legend_label(run), **bar_kw
+        )
+        for k, bar in zip(present, bars, strict=True):
             if _cond(run, conds[k]).get("ablation"):
                 bar.set_hatch(_HATCH)
                 bar.set_edgecolor("white")
             if flag is not None and flag(run, conds[k]):
                 bar.set_alpha(0.4)
-                ax.text(vals[k], ys[k], f" {UNRELIABLE_MARK} " if vals[k] >= 0 else f"{UNRELIABLE_MARK} ",
-                        va="center", ha="left" if vals[k] >= 0 else "right", fontsize=9, color="#a00")
+                ax.text(
+                    vals[k],
+                    ys[k],
+                    f" {UNRELIABLE_MARK} " if vals[k] >= 0 else f"{UNRELIABLE_MARK} ",
+                    va="center",
+                    ha="left" if vals[k] >= 0 else "right",
+                    fontsize=9,
+                    color="#a00",
+                )
         for k, v in enumerate(vals):
             if v in (None, NAN) and conds[k] in run.doc.get("conditions", {}):
                 ax.text(0, ys[k], " NaN" if v == NAN else " n/a", va="center", ha="left", fontsize=7, color="#777")
@@ -127,8 +139,12 @@ def logit_diff_chart(runs: Sequence[RunLike], task: str) -> Figure | None:
     if not conds:
         return None
     return _grouped_barh(
-        runs, conds, lambda r, c: _task(r, c).get("logit_diff"), lambda r, c: _ci(_task(r, c)),
-        "logit(correct) − logit(incorrect)", f"{task}: {metric('logit_diff').label} per condition",
+        runs,
+        conds,
+        lambda r, c: _task(r, c).get("logit_diff"),
+        lambda r, c: _ci(_task(r, c)),
+        "logit(correct) − logit(incorrect)",
+        f"{task}: {metric('logit_diff').label} per condition",
     )
 
 
@@ -137,14 +153,22 @@ def recovered_chart(runs: Sequence[RunLike], task: str) -> Figure | None:
     conds = [c for c in conditions_of(runs) if any(_task(r, c).get("logit_diff_recovered") is not None for r in runs)]
     if not conds:
         return None
+
     def unreliable(r: RunLike, c: str) -> bool:
         return flagged(_cond(r, c), "logit_diff_recovered")
 
-    note = f"; {UNRELIABLE_MARK} = unreliable, the ablation barely moves it" if any(
-        unreliable(r, c) for r in runs for c in conds) else ""
+    note = (
+        f"; {UNRELIABLE_MARK} = unreliable, the ablation barely moves it"
+        if any(unreliable(r, c) for r in runs for c in conds)
+        else ""
+    )
     fig = _grouped_barh(
-        runs, conds, lambda r, c: _task(r, c).get("logit_diff_recovered"), None,
-        f"fraction of logit diff recovered (1 = clean, 0 = ablated){note}", f"{task}: logit diff recovered",
+        runs,
+        conds,
+        lambda r, c: _task(r, c).get("logit_diff_recovered"),
+        None,
+        f"fraction of logit diff recovered (1 = clean, 0 = ablated){note}",
+        f"{task}: logit diff recovered",
         flag=unreliable,
     )
     fig.axes[0].axvline(1, color="#2a7", linewidth=1, linestyle="--")
@@ -178,11 +202,23 @@ def frontier_chart(runs: Sequence[RunLike], task: str) -> Figure | None:
         for name, x, y in pts:
             ax.scatter([x], [y], s=52, color=run.color, marker=marker[name], edgecolor="white", linewidth=0.8, zorder=3)
             if annotate:
-                ax.annotate(_cut(short_name(name), 30), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7, color="#444")
-    handles = [Line2D([], [], linestyle="", marker="s", markersize=8, color=r.color, label=_legend_label(r))
-               for r, p in points if p]
-    handles += [Line2D([], [], linestyle="", marker=marker[c], markersize=7, color="#666", label=_cut(short_name(c), 60))
-                for c in conds]
+                ax.annotate(
+                    _cut(short_name(name), 30),
+                    (x, y),
+                    textcoords="offset points",
+                    xytext=(5, 4),
+                    fontsize=7,
+                    color="#444",
+                )
+    handles = [
+        Line2D([], [], linestyle="", marker="s", markersize=8, color=r.color, label=_legend_label(r))
+        for r, p in points
+        if p
+    ]
+    handles += [
+        Line2D([], [], linestyle="", marker=marker[c], markersize=7, color="#666", label=_cut(short_name(c), 60))
+        for c in conds
+    ]
     ax.axhline(0, color="#222", linewidth=0.8)
     ax.set_xlabel("L0: active SAE features per token (summed over the condition's SAEs)")
     ax.set_ylabel("CE loss delta (spliced − clean), nats")
@@ -204,34 +240,47 @@ def identity_heatmap(runs: Sequence[RunLike], task: str) -> Figure | None:
     rows = identity_slices(runs)
     if not rows:
         return None
-    cols = [(r, c) for r in runs for c in conditions_of([r])
-            if any(c in ((r.doc.get("slices") or {}).get(s) or {}) for s in rows)]
+    cols = [
+        (r, c)
+        for r in runs
+        for c in conditions_of([r])
+        if any(c in ((r.doc.get("slices") or {}).get(s) or {}) for s in rows)
+    ]
     width = min(max(3.0 + 0.42 * len(cols), 7.0), 16.0)
     fig = Figure(figsize=(width, 2.6 + 0.64 * len(rows) + 0.09 * max(len(c) for _, c in cols)), layout="constrained")
     axes = fig.subplots(2, 1, sharex=True)
-    for ax, metric, cmap in zip(axes, ("accuracy", "logit_diff"), ("RdYlGn", "viridis")):
+    for ax, key, cmap in zip(axes, ("accuracy", "logit_diff"), ("RdYlGn", "viridis"), strict=True):
         grid = np.full((len(rows), len(cols)), np.nan)
         for j, (r, c) in enumerate(cols):
             for i, s in enumerate(rows):
-                v = (((r.doc.get("slices") or {}).get(s) or {}).get(c) or {}).get(metric)
+                v = (((r.doc.get("slices") or {}).get(s) or {}).get(c) or {}).get(key)
                 grid[i, j] = np.nan if v in (None, NAN) else v
         ax.set_facecolor("#e8e8e8")
         finite = grid[np.isfinite(grid)]
         vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-        im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, aspect="auto", vmin=vmin,
-                       vmax=vmax if vmax > vmin else vmin + 1e-9)
+        im = ax.imshow(
+            np.ma.masked_invalid(grid), cmap=cmap, aspect="auto", vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1e-9
+        )
         for i in range(len(rows)):
             for j in range(len(cols)):
                 v = grid[i, j]
                 shade = (v - vmin) / (vmax - vmin) if np.isfinite(v) and vmax > vmin else 0.5
                 light = cmap == "viridis" and shade > 0.6 or cmap == "RdYlGn" and 0.3 < shade < 0.7
-                ax.text(j, i, "—" if not np.isfinite(v) else f"{v:.2f}", ha="center", va="center", fontsize=6.5,
-                        color="#111" if light or not np.isfinite(v) else "white")
+                ax.text(
+                    j,
+                    i,
+                    "—" if not np.isfinite(v) else f"{v:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=6.5,
+                    color="#111" if light or not np.isfinite(v) else "white",
+                )
         ax.set_yticks(range(len(rows)), [s.removeprefix("identity=") for s in rows], fontsize=8)
-        ax.set_title(f"{metric.replace('_', ' ')} per identity", fontsize=10, loc="left")
+        ax.set_title(f"{key.replace('_', ' ')} per identity", fontsize=10, loc="left")
         fig.colorbar(im, ax=ax, shrink=0.9, pad=0.01)
-    axes[1].set_xticks(range(len(cols)), [f"{r.rid} · {_cut(c, 28)}" for r, c in cols], rotation=40, ha="right",
-                       fontsize=7)
+    axes[1].set_xticks(
+        range(len(cols)), [f"{r.rid} · {_cut(c, 28)}" for r, c in cols], rotation=40, ha="right", fontsize=7
+    )
     fig.suptitle(f"{task}: identity slices", fontsize=11, x=0.01, ha="left")
     return fig
 

@@ -45,7 +45,10 @@ def _new_table(title: str, hidden: Sequence[Metric], width: int) -> Table:
 
 
 def _per_condition(
-    title: str, conds: Mapping[str, Mapping[str, Any]], decls: Sequence[Metric], width: int,
+    title: str,
+    conds: Mapping[str, Mapping[str, Any]],
+    decls: Sequence[Metric],
+    width: int,
     cell_of: Callable[[Metric, Mapping[str, Any]], str],
 ) -> Table:
     """One row per condition, one column per metric (`cell_of(metric, condition)`), fitted to `width`."""
@@ -104,9 +107,10 @@ def lm_table(doc: Mapping[str, Any], width: int) -> Table:
             table.add_row(short_name(name), *(_lm_cell(m, c, lm, single) for m in shown))
             if len(recon) > 1:
                 for hook, r in recon.items():
-                    table.add_row(_SUB + short_name(hook), *(
-                        fmt(m.value(r), m.spec) if m.section == "reconstruction" else "" for m in shown
-                    ))
+                    table.add_row(
+                        _SUB + short_name(hook),
+                        *(fmt(m.value(r), m.spec) if m.section == "reconstruction" else "" for m in shown),
+                    )
         return table
 
     return _fit(build, [*lm_decls, *rc_decls], width)

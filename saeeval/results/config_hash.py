@@ -35,8 +35,10 @@ TARGET_IDS = {
 def _stable_targets(node: Any) -> Any:
     """`node` with every `_target_` replaced by its stable id (TARGET_IDS)."""
     if isinstance(node, Mapping):
-        return {k: TARGET_IDS.get(v, v) if k == "_target_" and isinstance(v, str) else _stable_targets(v)
-                for k, v in node.items()}
+        return {
+            k: TARGET_IDS.get(v, v) if k == "_target_" and isinstance(v, str) else _stable_targets(v)
+            for k, v in node.items()
+        }
     if isinstance(node, list):
         return [_stable_targets(v) for v in node]
     return node
@@ -60,5 +62,3 @@ def versions() -> dict[str, str | None]:
         except PackageNotFoundError:
             out[pkg.replace("-", "_")] = None
     return out
-
-

@@ -84,13 +84,21 @@ def conditions_entry(computed: Sequence[Computed], has_answers: bool) -> dict[st
         if cond is None:
             continue
         ce, kl = json_number(res.ce, bad[res.name]), json_number(res.kl, bad[res.name])
-        lm: dict[str, Any] = {"ce_loss": ce, "ce_loss_delta": _sub(ce, clean_ce),
-                              "ce_loss_delta_stderr": json_number(res.ce_delta_stderr), "kl_div": kl,
-                              "kl_div_stderr": json_number(res.kl_stderr)}
+        lm: dict[str, Any] = {
+            "ce_loss": ce,
+            "ce_loss_delta": _sub(ce, clean_ce),
+            "ce_loss_delta_stderr": json_number(res.ce_delta_stderr),
+            "kl_div": kl,
+            "kl_div_stderr": json_number(res.kl_stderr),
+        }
         entry: dict[str, Any] = {
-            "saes": list(cond.saes), "hooks": list(cond.hooks), "ablation": cond.ablation,
-            "baseline": cond.baseline, "use_error_term": cond.use_error_term,
-            "task": json_values(res.task, bad[res.name]), "lm": lm,
+            "saes": list(cond.saes),
+            "hooks": list(cond.hooks),
+            "ablation": cond.ablation,
+            "baseline": cond.baseline,
+            "use_error_term": cond.use_error_term,
+            "task": json_values(res.task, bad[res.name]),
+            "lm": lm,
         }
         base = by_name.get(cond.baseline) if cond.baseline else None
         if base is not None:
@@ -99,15 +107,18 @@ def conditions_entry(computed: Sequence[Computed], has_answers: bool) -> dict[st
             lm["kl_div_score"] = _score(kl_div_score, kl, json_number(base.kl, base_bad))
             if has_answers:
                 entry["task"]["logit_diff_recovered"] = _score(
-                    recovered, clean_task.get("logit_diff"), entry["task"].get("logit_diff"),
+                    recovered,
+                    clean_task.get("logit_diff"),
+                    entry["task"].get("logit_diff"),
                     json_number(base.task["logit_diff"], base_bad),
                 )
             entry["unreliable"] = unreliable_scores(entry, base, clean_ce)
         if res.generation is not None:
             entry["generation"] = summarize_generation(res.generation.counts)
         if res.recon:
-            entry["reconstruction"] = {hook: json_values({**r, **res.batchwise.get(hook, {})}, bad[res.name])
-                                       for hook, r in res.recon.items()}
+            entry["reconstruction"] = {
+                hook: json_values({**r, **res.batchwise.get(hook, {})}, bad[res.name]) for hook, r in res.recon.items()
+            }
         if res.non_finite:
             entry["non_finite"] = dict(res.non_finite)
         out[res.name] = entry
@@ -122,8 +133,11 @@ def unreliable_scores(entry: Mapping[str, Any], base: Computed, clean_ce: float 
         "ce_loss_score": ("lm", _sub(json_number(base.ce), clean_ce), base.ce_delta_stderr),
         "kl_div_score": ("lm", json_number(base.kl), base.kl_stderr),
     }
-    return [key for key, (section, den, stderr) in denominators.items()
-            if isinstance(entry[section].get(key), float) and ill_conditioned(den, stderr)]
+    return [
+        key
+        for key, (section, den, stderr) in denominators.items()
+        if isinstance(entry[section].get(key), float) and ill_conditioned(den, stderr)
+    ]
 
 
 def _pooled(sums: Mapping[str, Tensor], idx: Sequence[int], non_finite: bool = False) -> dict[str, Any]:
@@ -178,10 +192,15 @@ def gap(per_value: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def build_document(
-    *, config: Mapping[str, Any], model: Mapping[str, Any], task: Any, mask: Mapping[str, Any],
+    *,
+    config: Mapping[str, Any],
+    model: Mapping[str, Any],
+    task: Any,
+    mask: Mapping[str, Any],
     computed: Sequence[Computed],
 ) -> dict[str, Any]:
-    """The whole results.json document (the contract in docs/results.md) of one run; `task` is the run's TaskDataModule."""
+    """The whole results.json document (the contract in docs/results.md) of one run; `task` is the run's
+    TaskDataModule."""
     doc: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "saeeval_version": __version__,
@@ -218,6 +237,9 @@ def generated_record(task: Any, gen: Any, row: int, rec: Mapping[str, Any]) -> d
     ex = task.examples[gen.ids[row]]
     parsed = gen.parsed[row]
     answers = [rec["correct_str"], rec["incorrect_str"]]
-    return {"text": generated_text(task.tokenizer, ex.tokens, gen.tokens[row])[1],
-            "answer": None if parsed == UNPARSED else answers[parsed].strip(), "correct": parsed == 0,
-            "tokens": [t for t in gen.tokens[row] if t >= 0]}
+    return {
+        "text": generated_text(task.tokenizer, ex.tokens, gen.tokens[row])[1],
+        "answer": None if parsed == UNPARSED else answers[parsed].strip(),
+        "correct": parsed == 0,
+        "tokens": [t for t in gen.tokens[row] if t >= 0],
+    }

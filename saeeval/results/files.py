@@ -91,4 +91,3 @@ def flat_numbers(node: Any, prefix: str = "") -> dict[str, float]:
     elif isinstance(node, (int, float)) and not isinstance(node, bool):
         out[prefix] = float(node)
     return out
-

@@ -31,8 +31,10 @@ def _fix(site: str, name: str, entry: Mapping[str, Any]) -> str:
     if name == "clean":
         return "the model itself overflows: run it in float32 (dtype=float32) or check its weights"
     if entry.get("saes") and not entry.get("ablation"):
-        return ("its SAE outputs are finite but the blocks after them overflow: check the SAEs' output scale "
-                "(l2_ratio) or run in float32 (dtype=float32)")
+        return (
+            "its SAE outputs are finite but the blocks after them overflow: check the SAEs' output scale "
+            "(l2_ratio) or run in float32 (dtype=float32)"
+        )
     return "the model overflows under this condition: run it in float32 (dtype=float32)"
 
 
@@ -45,6 +47,6 @@ def non_finite_error(doc: Mapping[str, Any], where: str) -> SaeevalError | None:
     name, site, n = found[0]
     others = f" (also in {', '.join(repr(c) for c, _, _ in found[1:])})" if len(found) > 1 else ""
     return SaeevalError(
-        f"condition {name!r} became non-finite at {site} ({n} positions){others}; its values are marked \"nan\" "
+        f'condition {name!r} became non-finite at {site} ({n} positions){others}; its values are marked "nan" '
         f"in {where}: {_fix(site, name, doc['conditions'][name])}"
     )

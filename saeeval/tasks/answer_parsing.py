@@ -48,7 +48,9 @@ class GenerationOptions:
         try:
             re.compile(self.answer_regex.replace(LABEL, "0"))
         except re.error as err:
-            raise SaeevalError(f"task.answer_regex={self.answer_regex!r} is not a valid regex ({err}); fix it") from None
+            raise SaeevalError(
+                f"task.answer_regex={self.answer_regex!r} is not a valid regex ({err}); fix it"
+            ) from None
 
     @property
     def generates(self) -> bool:
@@ -56,8 +58,11 @@ class GenerationOptions:
 
     def describe(self) -> dict[str, Any]:
         """The options as recorded in results.json (task.options)."""
-        return {"answer_mode": self.answer_mode, "max_new_tokens": int(self.max_new_tokens),
-                "answer_regex": self.answer_regex}
+        return {
+            "answer_mode": self.answer_mode,
+            "max_new_tokens": int(self.max_new_tokens),
+            "answer_regex": self.answer_regex,
+        }
 
 
 def parse_answer(regex: str, prompt: str, generated: str, candidates: Sequence[str]) -> int:
@@ -91,4 +96,4 @@ def generated_text(tokenizer: Any, prompt_ids: Sequence[int], new_ids: Sequence[
         kept.append(int(t))
     prompt = tokenizer.decode(list(prompt_ids))
     full = tokenizer.decode([*prompt_ids, *kept])
-    return prompt, full[len(prompt):] if full.startswith(prompt) else tokenizer.decode(kept)
+    return prompt, full[len(prompt) :] if full.startswith(prompt) else tokenizer.decode(kept)

@@ -26,7 +26,7 @@ def _splits(prompt: str, answer: str) -> list[tuple[str, str]]:
     stripped = prompt.rstrip()
     if stripped == prompt:
         return [(prompt, answer)]
-    return [(prompt, answer), (stripped, prompt[len(stripped):] + answer)]
+    return [(prompt, answer), (stripped, prompt[len(stripped) :] + answer)]
 
 
 def _single_token(tokenizer: Any, encode: Encode, prompt: str, answer: str) -> tuple[list[int], int] | None:
@@ -94,10 +94,7 @@ def resolve_prompt(
                     + (f"; {fix}" if fix else "")
                 )
             return _splits(prompt, "")[i][0], hits[0][0], ids  # type: ignore[index]
-    bad = [
-        a for a in answers
-        if all(_single_token(tokenizer, encode, p, x) is None for p, x in _splits(prompt, a))
-    ]
+    bad = [a for a in answers if all(_single_token(tokenizer, encode, p, x) is None for p, x in _splits(prompt, a))]
     if bad:
         raise _not_single(tokenizer, bad, prompt, what, fix)
     raise SaeevalError(

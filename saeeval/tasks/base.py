@@ -178,15 +178,15 @@ class TaskDataModule(L.LightningDataModule):
         mask = torch.zeros((len(exs), width), dtype=torch.long)
         shift = [width - len(e.tokens) for e in exs]
         for b, e in enumerate(exs):
-            tokens[b, shift[b]:] = torch.tensor(e.tokens, dtype=torch.long)
-            mask[b, shift[b]:] = 1
+            tokens[b, shift[b] :] = torch.tensor(e.tokens, dtype=torch.long)
+            mask[b, shift[b] :] = 1
         batch: dict[str, Any] = {
             "tokens": tokens,
             "attention_mask": mask,
             "example_id": torch.tensor([e.id for e in exs], dtype=torch.long),
             "group": torch.tensor([e.group for e in exs], dtype=torch.long),
             "positions": {
-                name: torch.tensor([s + e.positions[name] for s, e in zip(shift, exs)], dtype=torch.long)
+                name: torch.tensor([s + e.positions[name] for s, e in zip(shift, exs, strict=True)], dtype=torch.long)
                 for name in self.position_names
             },
         }
@@ -208,8 +208,12 @@ class TaskDataModule(L.LightningDataModule):
                 )
             sampler = UnrepeatedDistributedSampler(indices, num_replicas=num_replicas, rank=rank, shuffle=False)
         return DataLoader(
-            indices, batch_size=self.batch_size, shuffle=False, sampler=sampler,
-            collate_fn=self.collate, num_workers=self.num_workers,
+            indices,
+            batch_size=self.batch_size,
+            shuffle=False,
+            sampler=sampler,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
         )
 
     def test_dataloader(self) -> DataLoader:

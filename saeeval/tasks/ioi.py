@@ -88,6 +88,11 @@ class IOIDataModule(TaskDataModule):
         positions = {k: len(bos) + spans[k] for k in ("IO", "S1", "S2")}
         positions["END"] = len(tokens) - 1
         return TaskExample(
-            id=idx, prompt=text, tokens=tokens, correct=io, incorrect=s,
-            positions=positions, group=ORDERS.index(item.order),
+            id=idx,
+            prompt=text,
+            tokens=tokens,
+            correct=io,
+            incorrect=s,
+            positions=positions,
+            group=ORDERS.index(item.order),
         )

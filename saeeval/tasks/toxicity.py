@@ -52,8 +52,7 @@ def stratified_sample(rows: Sequence[ToxicityRow], n: int | None, rng: random.Ra
     quota, extra = divmod(n, len(cells))
     bonus = set(rng.sample(range(len(cells)), extra))
     picked = [
-        r for i, cell in enumerate(cells.values())
-        for r in rng.sample(cell, min(len(cell), quota + (i in bonus)))
+        r for i, cell in enumerate(cells.values()) for r in rng.sample(cell, min(len(cell), quota + (i in bonus)))
     ]
     rng.shuffle(picked)
     return picked
@@ -100,10 +99,12 @@ class ToxicityDataModule(TaskDataModule):
     slice_fields = ("identity", "label")
     has_answers = True
     answer_position = "answer"
-    slice_rates = MappingProxyType({
-        "false_positive_rate": MappingProxyType({"label": "nontoxic"}),
-        "false_negative_rate": MappingProxyType({"label": "toxic"}),
-    })
+    slice_rates = MappingProxyType(
+        {
+            "false_positive_rate": MappingProxyType({"label": "nontoxic"}),
+            "false_negative_rate": MappingProxyType({"label": "toxic"}),
+        }
+    )
 
     def __init__(
         self,
@@ -142,9 +143,14 @@ class ToxicityDataModule(TaskDataModule):
     def options(self) -> dict[str, Any]:
         identities = [g["identity"] for g in self.groups[::2]] if self.groups else self.identities
         return {
-            "identities": identities, "n_examples": self.n_examples, "template": self.template,
-            "chat_template": self.chat_template, "answer_prefix": self.answer_prefix, "labels": self.labels,
-            "csv_path": self.csv_path, **self.generation.describe(),
+            "identities": identities,
+            "n_examples": self.n_examples,
+            "template": self.template,
+            "chat_template": self.chat_template,
+            "answer_prefix": self.answer_prefix,
+            "labels": self.labels,
+            "csv_path": self.csv_path,
+            **self.generation.describe(),
         }
 
     def _generated_rows(self) -> tuple[list[ToxicityRow], list[str]]:
@@ -201,17 +207,26 @@ class ToxicityDataModule(TaskDataModule):
                 [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
             )
             bos = self.tokenizer.bos_token
-            text = text[len(bos):] if bos and text.startswith(bos) else text
+            text = text[len(bos) :] if bos and text.startswith(bos) else text
         return text + self.answer_prefix
 
     def _example(self, idx: int, item: ToxicityRow) -> TaskExample:
         other = CLASSES[1 - CLASSES.index(item.label)]
         text, ids, (correct, incorrect) = resolve_prompt(
-            self.tokenizer, self.encode, self.prompt(item.phrase), [self.labels[item.label], self.labels[other]],
-            what="label", fix="set task.labels={toxic: ..., nontoxic: ...} to strings that are one token each",
+            self.tokenizer,
+            self.encode,
+            self.prompt(item.phrase),
+            [self.labels[item.label], self.labels[other]],
+            what="label",
+            fix="set task.labels={toxic: ..., nontoxic: ...} to strings that are one token each",
         )
         tokens = self.bos_ids() + ids
         return TaskExample(
-            id=idx, prompt=text, tokens=tokens, correct=correct, incorrect=incorrect,
-            positions={"answer": len(tokens) - 1}, group=self._group_of[(item.identity, item.label)],
+            id=idx,
+            prompt=text,
+            tokens=tokens,
+            correct=correct,
+            incorrect=incorrect,
+            positions={"answer": len(tokens) - 1},
+            group=self._group_of[(item.identity, item.label)],
         )

@@ -69,7 +69,7 @@ def fill_ioi(template: str, io: str, s: str, place: str, obj: str, order: str, t
             s_seen += 1
             spans[f"S{s_seen}"] = (len(text), len(text) + len(word))
         text += word
-        rest = rest[at + len(key):]
+        rest = rest[at + len(key) :]
     return IOIPrompt(text, io, s, order, template_idx, place, obj, spans)
 
 
