@@ -6,6 +6,7 @@ stderr are what a user sees; Hydra's global state, the root logger, SIGINT and s
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -14,6 +15,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -98,3 +100,20 @@ def with_prior_results(folder: Path) -> str:
 def digest(folder: Path) -> str:
     """A digest of results.json, to assert that a failed run left earlier results untouched."""
     return hashlib.sha256((folder / "results.json").read_bytes()).hexdigest()
+
+
+def fill_disk_on_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every write through saeeval's atomic writer fail as a disk that fills up does (ENOSPC): where a run or
+    a report meets a full disk after it started."""
+    real_fdopen = os.fdopen
+
+    def full_disk_fdopen(fd: int, *args: Any, **kwargs: Any) -> Any:
+        f = real_fdopen(fd, *args, **kwargs)
+
+        def write(_data: object) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        f.write = write
+        return f
+
+    monkeypatch.setattr(os, "fdopen", full_disk_fdopen)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cli_harness import digest, run_inprocess, with_prior_results
+from cli_harness import digest, fill_disk_on_write, run_inprocess, with_prior_results
 
 ROOT = os.geteuid() == 0
 FAST = ("+task=ioi", "limit=8", "force=true", "plot=false")
@@ -104,20 +104,7 @@ def test_full_disk_is_one_line_and_leaves_earlier_results_whole(tmp_path, capfd,
 
 def test_disk_filling_up_while_results_are_written_leaves_no_partial_file(tmp_path, capfd, monkeypatch):
     """ENOSPC injected into the results writer (where a disk that fills during the run fails)."""
-    import saeeval.results.files as results
-
-    real_fdopen = os.fdopen
-
-    def full_disk_fdopen(fd, *args, **kwargs):
-        f = real_fdopen(fd, *args, **kwargs)
-
-        def write(_text):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-        f.write = write
-        return f
-
-    monkeypatch.setattr(results.os, "fdopen", full_disk_fdopen)
+    fill_disk_on_write(monkeypatch)
     out = tmp_path / "run"
     before = with_prior_results(out)
     outcome = run_inprocess(*FAST, out=out, capfd=capfd)

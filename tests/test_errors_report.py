@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_harness import fill_disk_on_write
 
 RUNS = Path(__file__).parent / "fixtures" / "results_0.1.0"  # two finished runs, as 0.1.0 wrote them
 ROOT = os.geteuid() == 0
@@ -102,23 +103,11 @@ def test_report_onto_a_full_disk_is_one_line_naming_the_folder(tmp_path):
 
 def test_disk_filling_up_while_the_page_is_written_is_one_line(tmp_path, capsys, monkeypatch):
     """ENOSPC injected into the page's writer (where a disk that fills during the report fails)."""
-    import saeeval.results.files as files
     from saeeval.cli.report import main
-
-    real_fdopen = os.fdopen
-
-    def full_disk_fdopen(fd, *args, **kwargs):
-        f = real_fdopen(fd, *args, **kwargs)
-
-        def write(_text):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-        f.write = write
-        return f
 
     runs = tmp_path / "runs"
     shutil.copytree(RUNS, runs)
-    monkeypatch.setattr(files.os, "fdopen", full_disk_fdopen)
+    fill_disk_on_write(monkeypatch)
     assert main([str(runs), "--out", str(tmp_path / "out" / "report.html")]) == 2
     line = _one_line(capsys.readouterr().err)
     assert f"cannot write to folder '{tmp_path / 'out'}'" in line and "No space left on device" in line

@@ -1,4 +1,4 @@
-"""load_saes / validate_sae: SAEs from the zoo, folders and releases splice exactly; misfits fail in one line."""
+"""load_saes / validate_saes: SAEs from the zoo, folders and releases splice exactly; misfits fail in one line."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from sae_lens import SAE
 
 from saeeval.errors import SaeevalError
 from saeeval.hooknames import sae_hook
-from saeeval.loading.saes import load_saes, validate_sae
+from saeeval.loading.saes import load_saes, validate_saes
 
 torch.set_num_threads(1)
 
@@ -157,23 +157,23 @@ def test_sae_with_a_wrong_hook_names_it_and_suggests_the_close_hook(tmp_path):
 
 def test_sae_with_a_wrong_d_in_is_a_clear_error():
     with pytest.raises(SaeevalError) as excinfo:
-        validate_sae("wide", make_sae("blocks.0.hook_resid_post", 48), make_tiny_model())
+        validate_saes({"wide": make_sae("blocks.0.hook_resid_post", 48)}, make_tiny_model())
     msg = one_line_error(excinfo)
     assert "SAE 'wide' at hook 'blocks.0.hook_resid_post' has d_in=48" in msg and "width 32" in msg
 
 
 def test_hook_z_sae_width_is_heads_times_d_head():
     model = make_tiny_model()
-    validate_sae("z", make_sae("blocks.0.attn.hook_z", 32), model)  # 4 heads x 8
+    validate_saes({"z": make_sae("blocks.0.attn.hook_z", 32)}, model)  # 4 heads x 8
     with pytest.raises(SaeevalError) as excinfo:
-        validate_sae("z8", make_sae("blocks.0.attn.hook_z", 8), model)
+        validate_saes({"z8": make_sae("blocks.0.attn.hook_z", 8)}, model)
     assert "has d_in=8" in one_line_error(excinfo) and "width 32" in str(excinfo.value)
 
 
 def test_sae_with_another_dtype_names_the_fix():
     sae = make_sae("blocks.0.hook_resid_post", 32).to(torch.float64)
     with pytest.raises(SaeevalError) as excinfo:
-        validate_sae("f64", sae, make_tiny_model())
+        validate_saes({"f64": sae}, make_tiny_model())
     msg = one_line_error(excinfo)
     assert "SAE 'f64' at hook 'blocks.0.hook_resid_post' is float64" in msg
     assert "sae.to(device='cpu', dtype=torch.float32)" in msg
@@ -182,7 +182,7 @@ def test_sae_with_another_dtype_names_the_fix():
 def test_sae_on_another_device_names_the_fix():
     sae = make_sae("blocks.0.hook_resid_post", 32).to("meta")
     with pytest.raises(SaeevalError) as excinfo:
-        validate_sae("elsewhere", sae, make_tiny_model())
+        validate_saes({"elsewhere": sae}, make_tiny_model())
     assert "on meta but the model is float32 on cpu" in one_line_error(excinfo)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -82,7 +82,8 @@ def compose_config(task: str | None, options: Mapping[str, Any]) -> DictConfig:
         elif key in cfg.mask:
             _set(cfg, f"mask.{key}", value)
         else:
-            known = [k for k in cfg if not OmegaConf.is_dict(cfg[k]) and k not in CLI_ONLY]
+            # the keys of a config composed from YAML are strings
+            known = cast("list[str]", [k for k in cfg if not OmegaConf.is_dict(cfg[k]) and k not in CLI_ONLY])
             known += [*SPLICE_KNOBS, *groups, *(cfg.task if task else ())]
             known = [k for k in known if not k.startswith("_")]
             raise SaeevalError(f"unknown option {key}=...; saeeval.evaluate takes {', '.join(sorted(set(known)))}")

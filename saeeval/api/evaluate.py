@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -111,9 +111,11 @@ def evaluate(
     """
     named = named_saes(saes)
     task_name = task if isinstance(task, str) else None
-    if not isinstance(task, (str, TaskDataModule)):
+    if not isinstance(task, TaskDataModule) and not (isinstance(task, str) and task):
         raise SaeevalError(
-            f"task must be a task name (toxicity, ioi, lm) or a TaskDataModule, not {type(task).__name__}"
+            f"task must be a task name (toxicity, ioi, lm) or a TaskDataModule, not {task!r}"
+            if isinstance(task, str)
+            else f"task must be a task name (toxicity, ioi, lm) or a TaskDataModule, not {type(task).__name__}"
         )
     if trainer is None and str(model.cfg.device).startswith("cuda"):
         trainer = "gpu"
@@ -125,14 +127,24 @@ def evaluate(
     L.seed_everything(cfg.seed, verbose=False)
     quiet_lightning()
     mask = build(cfg.mask)
-    module = build(cfg.task) if task_name else task
+    module = task if isinstance(task, TaskDataModule) else build(cfg.task)
     features = build(cfg.features) if cfg.get("features") else None
     if not isinstance(trainer, L.Trainer):
-        trainer = instantiate(cfg.trainer, logger=False, enable_progress_bar=False, **trainer_kwargs(features))
+        trainer = cast(  # every trainer config builds a lightning Trainer
+            L.Trainer, instantiate(cfg.trainer, logger=False, enable_progress_bar=False, **trainer_kwargs(features))
+        )
     converts = str(trainer.precision).endswith("-true") or str(trainer.precision) == "64"
     with left_as_found([model, *named.values()], converts_weights=converts):
         results = run_evaluation(
-            model, named, module, mask, OmegaConf.to_container(cfg.splice), trainer, config, features, compat=cfg.compat
+            model,
+            named,
+            module,
+            mask,
+            cast("dict[str, Any]", OmegaConf.to_container(cfg.splice)),  # a DictConfig gives a dict
+            trainer,
+            config,
+            features,
+            compat=cfg.compat,
         )
     if results is None:
         raise SaeevalError("saeeval.evaluate ran as a non-zero DDP rank; use the CLI for multi-process runs")

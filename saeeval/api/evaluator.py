@@ -92,12 +92,13 @@ def run_evaluation(
         callback = feature_callback(
             features, saes, conditions, task, mask.splice, special_token_ids(model.tokenizer), trainer
         )
-        trainer.callbacks.append(callback)
+        # Lightning sets `trainer.callbacks` in its callback connector; the Trainer class does not declare it.
+        trainer.callbacks.append(callback)  # type: ignore[attr-defined]
     try:
         trainer.test(module, datamodule=task, verbose=False)
     finally:
         if callback is not None:
-            trainer.callbacks.remove(callback)
+            trainer.callbacks.remove(callback)  # type: ignore[attr-defined]
     if not trainer.is_global_zero:
         return None
     computed = module.computed or []

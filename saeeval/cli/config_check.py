@@ -19,7 +19,7 @@ import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -66,14 +66,14 @@ def check_config(cfg: DictConfig, choices: Mapping[str, Any] | None = None) -> N
         via = f" by {group}={choices[group]}" if group in choices and group in GROUPS else ""
         raise SaeevalError(f"{key} is required{via} but has no value: add {key}=<value> to the command line")
     try:
-        resolved = OmegaConf.to_container(cfg, resolve=True)
+        resolved = cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True))  # a DictConfig gives a dict
     except Exception as err:  # noqa: BLE001 -- omegaconf raises several types for one cause: a bad ${...}
         raise SaeevalError(f"config value could not be resolved: {first_line(err)}") from None
     for group in REQUIRED_GROUPS:
         if resolved.get(group) is None:
             options = ", ".join(group_options(group))
             raise SaeevalError(f"no {group} chosen: choose one with {group}=<name> (one of {options})")
-    raw = OmegaConf.to_container(cfg, resolve=False)
+    raw = cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=False))
     _check_node("", resolved, raw, TOP_LEVEL, open_=False, known=[*TOP_LEVEL, *GROUPS, "hydra"])
     for group in GROUPS:
         node = resolved.get(group)
@@ -137,7 +137,7 @@ def _check_node(
         if isinstance(value, dict) and "_target_" in value:  # a nested object (mask.splice): its own signature
             params, nested_open = _signature(str(value["_target_"]))
             if params is not None:
-                sub_raw = raw.get(key) if isinstance(raw.get(key), dict) else {}
+                sub_raw = cast("dict[str, Any]", raw.get(key)) if isinstance(raw.get(key), dict) else {}
                 _check_node(
                     f"{prefix}{key}.",
                     value,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
@@ -30,6 +31,9 @@ from saeeval.results.files import completed_hash
 from saeeval.results.non_finite import non_finite_error
 from saeeval.results.schema import RESULTS_FILE
 
+if TYPE_CHECKING:
+    from lightning.pytorch.loggers import Logger
+
 TASKS_HINT = "add one, e.g. `python -m saeeval +task=toxicity` (tasks: toxicity, ioi, lm)"
 
 
@@ -37,7 +41,7 @@ def run_config(cfg: DictConfig, out_dir: Path) -> Results | None:
     """Run the configured evaluation into `out_dir`; returns its Results (None when skipped and on ranks > 0)."""
     if cfg.get("task") is None:
         raise SaeevalError(f"no task chosen: {TASKS_HINT}")
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True))  # a DictConfig gives a dict
     chash = config_hash(config)
     console = Console()
     found = None if cfg.force else completed_hash(out_dir)
@@ -54,7 +58,7 @@ def run_config(cfg: DictConfig, out_dir: Path) -> Results | None:
     L.seed_everything(cfg.seed, verbose=False)
     quiet_lightning()
 
-    logger = build(cfg.logger) if cfg.get("logger") else False
+    logger: Logger | Literal[False] = build(cfg.logger) if cfg.get("logger") else False
     features = build(cfg.features) if cfg.get("features") else None
     trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, **trainer_kwargs(features))
     _check_launch(trainer)
@@ -96,7 +100,8 @@ def _check_launch(trainer: L.Trainer) -> None:
     spawns = (
         isinstance(launcher, _SubprocessScriptLauncher)
         and launcher.num_processes > 1
-        and not trainer.strategy.cluster_environment.creates_processes_externally
+        # a _SubprocessScriptLauncher comes only from a ParallelStrategy (DDP, FSDP): it has a cluster_environment
+        and not trainer.strategy.cluster_environment.creates_processes_externally  # type: ignore[attr-defined]
     )
     if spawns and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         raise SaeevalError(

@@ -80,7 +80,7 @@ def build_conditions(
         names = list(dict.fromkeys(n for m in group for n in resolve(str(m))))
         if not names:
             raise SaeevalError("splice group [] is empty; list at least one SAE or hook name")
-        hooks = [sae_hook(saes[n]) for n in names]
+        hooks: Sequence[str] = [sae_hook(saes[n]) for n in names]
         if len(set(hooks)) < len(hooks):
             dup = next(h for h in hooks if hooks.count(h) > 1)
             raise SaeevalError(

@@ -9,7 +9,7 @@ generates (`task.answer_mode`), each condition then also writes greedy continuat
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import torch
@@ -32,12 +32,21 @@ from saeeval.metrics.non_finite import ANSWERS, FINAL, LOGITS, NonFinite, bad_ro
 from saeeval.metrics.reconstruction import Reconstruction
 from saeeval.tasks.answer_parsing import GenerationOptions, generated_text, parse_answer
 
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+    from transformer_lens.utilities import TypedModuleList
+else:
+    TypedModuleList = nn.ModuleList  # the item types are for mypy; the modules hold plain nn.ModuleLists
+
 FINALS_BUDGET = 1 << 28
 """Bytes of conditions' final residuals held at once per batch (256 MiB); more conditions are scored in groups."""
 
 
 class ConditionMetrics(nn.Module):
     """The metric states of one condition (clean or spliced/ablated)."""
+
+    recon: TypedModuleList[Reconstruction]
+    batchwise: TypedModuleList[BatchwiseReconstruction] | None
 
     def __init__(
         self,
@@ -57,9 +66,9 @@ class ConditionMetrics(nn.Module):
         self.grouped = GroupedLogitDiff(num_groups) if has_answers else None
         self.per_example = PerExample() if has_answers else None
         self.recon_names = list(recon)
-        self.recon = nn.ModuleList(Reconstruction(d_in, d_sae) for _, d_in, d_sae in recon.values())
+        self.recon = TypedModuleList(Reconstruction(d_in, d_sae) for _, d_in, d_sae in recon.values())
         self.batchwise = (
-            nn.ModuleList(BatchwiseReconstruction(batchwise, d_in) for _, d_in, _ in recon.values())
+            TypedModuleList(BatchwiseReconstruction(batchwise, d_in) for _, d_in, _ in recon.values())
             if batchwise
             else None
         )
@@ -106,9 +115,12 @@ class SAEEvalModule(L.LightningModule):
     generates, every condition also writes greedy continuations whose parsed answers are counted (`_generate`).
     """
 
+    metrics: TypedModuleList[ConditionMetrics]
+    generated: TypedModuleList[GenerationMetrics] | None
+
     def __init__(
         self,
-        model: nn.Module,
+        model: HookedTransformer,
         saes: Mapping[str, SAE],
         conditions: Sequence[Condition],
         mask: Masks,
@@ -132,7 +144,7 @@ class SAEEvalModule(L.LightningModule):
         self.condition_batch = condition_batch
         self.answer_position = answer_position
         self.hooks = hooks_of(self.conditions)
-        self.metrics = nn.ModuleList(
+        self.metrics = TypedModuleList(
             [ConditionMetrics(has_answers, num_groups, {}, paired=False)]
             + [
                 ConditionMetrics(
@@ -145,7 +157,7 @@ class SAEEvalModule(L.LightningModule):
         self.generated = (
             None
             if self.generation is None
-            else nn.ModuleList(
+            else TypedModuleList(
                 GenerationMetrics(num_groups, self.generation.max_new_tokens) for _ in range(1 + len(self.conditions))
             )
         )
@@ -195,7 +207,8 @@ class SAEEvalModule(L.LightningModule):
         """Mean activation per hook over the positions ablations replace, on the whole eval set (summed over
         ranks)."""
         means = ActivationMeans(self.hooks)
-        for batch in self.trainer.datamodule.test_dataloader():
+        # Lightning sets `trainer.datamodule` in its data connector; the Trainer class does not declare it.
+        for batch in self.trainer.datamodule.test_dataloader():  # type: ignore[attr-defined]
             batch = self.transfer_batch_to_device(batch, self.device, 0)
             means.update(
                 self.splicer.clean(batch["tokens"], batch["attention_mask"], self.hooks), self._masks(batch).ablate
@@ -224,23 +237,27 @@ class SAEEvalModule(L.LightningModule):
                 lds[1 + group[j]] = self._update_answers(metrics, out.final, batch, clean_ld)
                 finals[j] = out.final
             scored = [self.metrics[1 + i] for i in group]
+            filled = cast("list[Tensor]", finals)  # iter_many yields every condition of the group once
             score_lm(
                 self.splicer.unembed,
                 clean.final,
                 tokens,
                 masks.score,
-                [(f, LMStates(m.ce, m.kl, m.non_finite, m.ce_delta)) for f, m in zip(finals, scored, strict=True)],
+                [(f, LMStates(m.ce, m.kl, m.non_finite, m.ce_delta)) for f, m in zip(filled, scored, strict=True)],
                 LMStates(self.metrics[0].ce, non_finite=self.metrics[0].non_finite) if n == 0 else None,
                 input_only=self.compat.ce_input_only,
             )
         if self.generated is not None:
-            self._generate(batch, SpliceAt(masks.splice, masks.ablate), lds)
+            # a task generates only with answers, so every condition's logit difference is a Tensor
+            self._generate(batch, SpliceAt(masks.splice, masks.ablate), cast("dict[int, Tensor]", lds))
 
     def _generate(self, batch: Mapping[str, Any], prompt_at: SpliceAt, lds: Mapping[int, Tensor]) -> None:
         """Greedy continuations under clean and every condition (spliced in the prompt at `prompt_at` and at the
         generated positions per saeeval.engine.generation), parsed into answers and counted against the logit
         difference's label of the same condition."""
+        tok: Any  # a Hugging Face tokenizer, duck-typed as elsewhere in saeeval (generating needs one)
         opts, tok = self.generation, self.model.tokenizer
+        assert opts is not None and self.generated is not None  # test_step calls this only when generating
         tokens, attention_mask = batch["tokens"], batch["attention_mask"]
         prompts = [row[m.bool()].tolist() for row, m in zip(tokens, attention_mask, strict=True)]
         cands = [
@@ -286,6 +303,7 @@ class SAEEvalModule(L.LightningModule):
         """Logit-difference states at the task's answer position."""
         if not self.has_answers:
             return None
+        assert m.ld is not None and m.grouped is not None and m.per_example is not None  # built with has_answers
         rows = answer_rows(final, batch.get("positions"), self.answer_position)
         ld = answer_logit_diff(self.splicer.unembed, rows, batch["correct"], batch["incorrect"])
         m.non_finite.update(ANSWERS, ld)
@@ -293,6 +311,7 @@ class SAEEvalModule(L.LightningModule):
         m.grouped.update(ld, batch["group"])
         m.per_example.update(batch["example_id"], ld)
         if m.delta is not None:
+            assert clean_ld is not None  # a paired condition: test_step scored the clean pass's answers first
             m.delta.update(ld - clean_ld)
         return ld
 

@@ -123,6 +123,7 @@ def _score_chunk(
     wants_clean_nll = clean_states is not None or any(s.ce_delta is not None for _, s in conditions)
     clean_nll = nll_rows(ref.log_p, target) if wants_clean_nll else None
     if clean_states is not None:
+        assert clean_nll is not None  # wants_clean_nll: clean_states is given
         clean_states.ce.add(clean_nll, n_valid)
         if clean_states.non_finite is not None:
             clean_states.non_finite.update(LOGITS, clean_nll)

@@ -127,6 +127,7 @@ class FeatureCallback(L.Callback):
             clean, mask, ld = self._clean(module, batch)
             for name, probe in self.probes.items():
                 st = self.states[name]
+                assert st.effects is not None and st.rows is not None  # set for every SAE by the loop above
                 eff = ablation_effects(
                     probe, clean, mask, batch, self.patches[name], st.edits, ld, self.options.latents_per_forward
                 )

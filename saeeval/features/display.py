@@ -57,6 +57,7 @@ def heatmap_figure(doc: Mapping[str, Any]) -> Figure | None:
         ax.set_xlabel("latent (by |attribution|)", fontsize=7)
     for ax in axes[::cols]:
         ax.set_ylabel(f"example (first {min(len(grids[0]), _HEATMAP_EXAMPLES)} by id)", fontsize=7)
+    assert im is not None  # saes is not empty, so the loop drew one
     fig.colorbar(im, ax=list(axes[: len(saes)]), shrink=0.8, label="ΔLD when the latent is ablated")
     fig.suptitle(
         f"{doc.get('task')}: effect of ablating each top latent ({doc.get('baseline')} baseline, {_where(doc)})",

@@ -36,6 +36,7 @@ class SaeStates:
 
 def faithfulness_ks(top_k: int) -> list[int]:
     """1, 2, 5, 10, 20, 50, ... below `top_k`, then `top_k` itself."""
+    ks: list[int]
     ks, scale = [], 1
     while True:
         for m in (1, 2, 5):

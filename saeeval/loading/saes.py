@@ -82,11 +82,6 @@ def validate_saes(saes: dict[str, SAE], model: HookedSAETransformer) -> None:
         )
 
 
-def validate_sae(name: str, sae: SAE, model: HookedSAETransformer) -> None:
-    """`validate_saes` for one SAE."""
-    validate_saes({name: sae}, model)
-
-
 def _unique_key(key: str, taken: dict[str, Any]) -> str:
     n = 2
     unique = key

@@ -38,6 +38,14 @@ class BatchwiseReconstruction(Metric):
     higher_is_better = None
     full_state_update = False
 
+    n: Tensor
+    n_batches: Tensor
+    sum_rrb: Tensor
+    sum_batch_mse: Tensor
+    sum_batch_sq: Tensor
+    sum_legacy: Tensor
+    sum_l1_signed: Tensor
+
     def __init__(self, tool: str, d_in: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if tool not in TOOLS:

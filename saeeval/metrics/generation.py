@@ -34,6 +34,11 @@ class GeneratedLabels(Metric):
     higher_is_better = True
     full_state_update = False
 
+    n: Tensor
+    n_parsed: Tensor
+    n_correct: Tensor
+    n_agree: Tensor
+
     def __init__(self, num_groups: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if num_groups < 1:
@@ -75,6 +80,10 @@ class GeneratedTokens(Metric):
     is_differentiable = False
     higher_is_better = None
     full_state_update = False
+
+    ids: list[Tensor] | Tensor  # "cat" states: lists of batches, one tensor after a DDP sync
+    tokens: list[Tensor] | Tensor
+    parsed: list[Tensor] | Tensor
 
     def __init__(self, max_new_tokens: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -60,6 +60,6 @@ class NonFinite(Metric):
             bad = ~torch.isfinite(bad)
         self.counts[self._index[site]] += bad.sum().to(self.counts.device)
 
-    def compute(self) -> dict[str, int]:  # type: ignore[override]
+    def compute(self) -> dict[str, int]:
         counts = self.counts.tolist()
         return {site: int(n) for site, n in zip(self.sites, counts, strict=True) if n}

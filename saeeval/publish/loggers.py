@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from lightning.pytorch.loggers import Logger, WandbLogger
 
@@ -186,11 +186,12 @@ def _wandb_media(doc: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
     media: dict[str, Any] = {}
     if (table := samples_table(doc, out_dir)) is not None:
         columns, rows = table
-        media[SAMPLES_KEY] = wandb.Table(columns=columns, data=rows)
+        # wandb annotates `columns` as list[str | int] (an invariant list); str names are valid column keys
+        media[SAMPLES_KEY] = wandb.Table(columns=cast("list[str | int]", columns), data=rows)
     if (chart := out_dir / CHART_FILE).exists():
         media[CHART_KEY] = wandb.Image(str(chart))
     for key, (columns, rows) in feature_tables(out_dir).items():
-        media[key] = wandb.Table(columns=columns, data=rows)
+        media[key] = wandb.Table(columns=cast("list[str | int]", columns), data=rows)
     for name in (HEATMAP_FILE, FAITHFULNESS_FILE):
         if (chart := out_dir / name).exists():
             media[name.removesuffix(".png")] = wandb.Image(str(chart))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from saeeval.errors import SaeevalError
+from saeeval.render.catalog import clip
 from saeeval.render.charts import PALETTE
 from saeeval.results.files import load_document
 from saeeval.results.schema import RESULTS_FILE
@@ -23,6 +24,7 @@ from saeeval.results.schema import RESULTS_FILE
 _LABEL_PRIORITY = ("saes", "model", "splice", "mask", "task")
 _LABEL_SKIP = ("hydra", "trainer", "logger", "force", "plot")
 _LABEL_KEYS = 3
+_LABEL_VALUE_WIDTH = 30
 
 
 @dataclass
@@ -103,16 +105,12 @@ def label_runs(runs: Sequence[Run]) -> None:
             idx = [i for i, r in enumerate(runs) if task is None or r.task == task]
             if len({flat[i].get(k) for i in idx}) > 1:
                 for i in idx:
-                    differs[i].append(f"{k}={_short(flat[i].get(k, '—'))}")
+                    differs[i].append(f"{k}={clip(flat[i].get(k, '—'), _LABEL_VALUE_WIDTH)}")
     for i, (run, d) in enumerate(zip(runs, dirs, strict=True)):
         rel = d.relative_to(common).as_posix() if common is not None else d.name
         run.rid, run.folder = f"R{i + 1}", d.name if rel == "." else rel
         run.differs = tuple(differs[i])
         run.color = PALETTE[i % len(PALETTE)]
-
-
-def _short(text: str, width: int = 30) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def load_runs(paths: Sequence[Path]) -> list[Run]:

@@ -142,6 +142,11 @@ _HOOK_RE = re.compile(r"blocks\.(\d+)\.((?:[a-z_0-9]+\.)*)hook_([a-z_0-9]+)")
 _ABLATION_RE = re.compile(r"\b(zero|mean)_ablation@")
 
 
+def clip(text: str, width: int) -> str:
+    """`text` cut to `width` characters, an ellipsis marking the cut: how labels are shortened in every output."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def short_name(name: str) -> str:
     """A condition or hook name abbreviated the same way everywhere: `blocks.1.attn.hook_z` -> `L1.attn.z`,
     `zero_ablation@blocks.0.hook_resid_post` -> `zero@L0.resid_post`; other names are kept."""

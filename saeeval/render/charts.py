@@ -8,14 +8,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, cast
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from saeeval.metrics.stats import Z_95
-from saeeval.render.catalog import UNRELIABLE_MARK, flagged, metric, short_name
+from saeeval.render.catalog import UNRELIABLE_MARK, clip, flagged, metric, short_name
 from saeeval.results.schema import NAN
 
 CHART_FILE = "logit_diff.png"
@@ -28,12 +28,20 @@ _ANNOTATE_MAX = 10  # name the points of a scatter only while the names stay rea
 
 
 class RunLike(Protocol):
-    """What a chart needs of a run: its short id, legend label, colour and results.json document."""
+    """What a chart needs of a run: its short id, legend label, colour and results.json document. Read only, so a
+    run may offer them as properties and hold its document as a dict."""
 
-    rid: str
-    label: str
-    color: str
-    doc: Mapping[str, Any]
+    @property
+    def rid(self) -> str: ...
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def color(self) -> str: ...
+
+    @property
+    def doc(self) -> Mapping[str, Any]: ...
 
 
 def conditions_of(runs: Sequence[RunLike]) -> list[str]:
@@ -66,12 +74,8 @@ def _legend(fig: Figure, runs: Sequence[RunLike]) -> None:
     fig.legend(loc="outside lower center", ncols=1 if wide else min(len(runs), 3), fontsize=8, frameon=False)
 
 
-def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 def _legend_label(run: RunLike) -> str:
-    return _cut(run.label, 100)
+    return clip(run.label, 100)
 
 
 def _grouped_barh(
@@ -95,7 +99,7 @@ def _grouped_barh(
         ys = [c + (i - (n - 1) / 2) * height for c in range(len(conds))]
         vals = [value(run, c) for c in conds]
         present = [k for k, v in enumerate(vals) if v not in (None, NAN)]
-        xs = [vals[k] for k in present]
+        xs = cast("list[float]", [vals[k] for k in present])  # `present`: the indices with a value
         bar_kw: dict[str, Any] = {}
         if err is not None and present:
             errs = [err(run, conds[k]) for k in present]
@@ -109,12 +113,12 @@ def _grouped_barh(
                 bar.set_edgecolor("white")
             if flag is not None and flag(run, conds[k]):
                 bar.set_alpha(0.4)
-                ax.text(
-                    vals[k],
+                ax.text(  # k is in `present`, so vals[k] is a float
+                    cast(float, vals[k]),
                     ys[k],
-                    f" {UNRELIABLE_MARK} " if vals[k] >= 0 else f"{UNRELIABLE_MARK} ",
+                    f" {UNRELIABLE_MARK} " if cast(float, vals[k]) >= 0 else f"{UNRELIABLE_MARK} ",
                     va="center",
-                    ha="left" if vals[k] >= 0 else "right",
+                    ha="left" if cast(float, vals[k]) >= 0 else "right",
                     fontsize=9,
                     color="#a00",
                 )
@@ -184,7 +188,7 @@ def frontier_points(run: RunLike) -> list[tuple[str, float, float]]:
         delta = (c.get("lm") or {}).get("ce_loss_delta")
         numbers = [*l0s, delta]
         if c.get("saes") and not c.get("ablation") and l0s and None not in numbers and NAN not in numbers:
-            out.append((name, float(sum(l0s)), float(delta)))
+            out.append((name, float(sum(l0s)), float(cast(float, delta))))  # None is not in `numbers`
     return out
 
 
@@ -203,7 +207,7 @@ def frontier_chart(runs: Sequence[RunLike], task: str) -> Figure | None:
             ax.scatter([x], [y], s=52, color=run.color, marker=marker[name], edgecolor="white", linewidth=0.8, zorder=3)
             if annotate:
                 ax.annotate(
-                    _cut(short_name(name), 30),
+                    clip(short_name(name), 30),
                     (x, y),
                     textcoords="offset points",
                     xytext=(5, 4),
@@ -216,7 +220,7 @@ def frontier_chart(runs: Sequence[RunLike], task: str) -> Figure | None:
         if p
     ]
     handles += [
-        Line2D([], [], linestyle="", marker=marker[c], markersize=7, color="#666", label=_cut(short_name(c), 60))
+        Line2D([], [], linestyle="", marker=marker[c], markersize=7, color="#666", label=clip(short_name(c), 60))
         for c in conds
     ]
     ax.axhline(0, color="#222", linewidth=0.8)
@@ -279,7 +283,7 @@ def identity_heatmap(runs: Sequence[RunLike], task: str) -> Figure | None:
         ax.set_title(f"{key.replace('_', ' ')} per identity", fontsize=10, loc="left")
         fig.colorbar(im, ax=ax, shrink=0.9, pad=0.01)
     axes[1].set_xticks(
-        range(len(cols)), [f"{r.rid} · {_cut(c, 28)}" for r, c in cols], rotation=40, ha="right", fontsize=7
+        range(len(cols)), [f"{r.rid} · {clip(c, 28)}" for r, c in cols], rotation=40, ha="right", fontsize=7
     )
     fig.suptitle(f"{task}: identity slices", fontsize=11, x=0.01, ha="left")
     return fig

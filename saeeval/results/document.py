@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, cast, overload
 
 import torch
 from torch import Tensor
@@ -28,6 +28,10 @@ GAP_METRICS = ("accuracy", "logit_diff")
 COUNT_KEYS = ("n", "n_tokens")
 
 
+@overload
+def json_number(v: float | Tensor | None, non_finite: Literal[False] = False) -> float | None: ...
+@overload
+def json_number(v: Any, non_finite: bool = False) -> float | str | None: ...
 def json_number(v: Any, non_finite: bool = False) -> float | str | None:
     """A finite Python float; a NaN/inf value as None (not applicable), or as the NAN mark when `non_finite`
     (the condition's outputs became non-finite, so NaN is what was measured)."""
@@ -136,7 +140,8 @@ def unreliable_scores(entry: Mapping[str, Any], base: Computed, clean_ce: float 
     return [
         key
         for key, (section, den, stderr) in denominators.items()
-        if isinstance(entry[section].get(key), float) and ill_conditioned(den, stderr)
+        # a float score has a numeric denominator (a NAN one makes the score the NAN mark, not a float)
+        if isinstance(entry[section].get(key), float) and ill_conditioned(cast("float | None", den), stderr)
     ]
 
 
@@ -185,7 +190,8 @@ def gap(per_value: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     for metric in GAP_METRICS:
         vals = {v: s[metric] for v, s in per_value.items() if s.get(metric) not in (None, NAN)}
         if vals:
-            lo, hi = min(vals, key=vals.get), max(vals, key=vals.get)
+            # typeshed's dict.get may return None; every key here is in vals
+            lo, hi = min(vals, key=vals.get), max(vals, key=vals.get)  # type: ignore[arg-type]
             out[f"{metric}_gap"] = vals[hi] - vals[lo]
             out[f"{metric}_lowest"], out[f"{metric}_highest"] = lo, hi
     return out

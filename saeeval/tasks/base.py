@@ -207,8 +207,9 @@ class TaskDataModule(L.LightningDataModule):
                     "raise limit or run on fewer devices"
                 )
             sampler = UnrepeatedDistributedSampler(indices, num_replicas=num_replicas, rank=rank, shuffle=False)
+        # torch annotates a Dataset, but any map-style sequence (__getitem__, __len__) works: here a list of indices
         return DataLoader(
-            indices,
+            indices,  # type: ignore[arg-type]
             batch_size=self.batch_size,
             shuffle=False,
             sampler=sampler,

@@ -33,6 +33,7 @@ class IOIDataModule(TaskDataModule):
     slice_fields = ("order",)
     has_answers = True
     answer_position = "END"
+    generation: GenerationOptions  # set in __init__: this task can always generate
 
     def __init__(
         self,

@@ -105,6 +105,7 @@ class ToxicityDataModule(TaskDataModule):
             "false_negative_rate": MappingProxyType({"label": "toxic"}),
         }
     )
+    generation: GenerationOptions  # set in __init__: this task can always generate
 
     def __init__(
         self,

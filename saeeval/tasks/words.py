@@ -53,6 +53,7 @@ def ioi_templates(order: str) -> list[str]:
 
 def fill_ioi(template: str, io: str, s: str, place: str, obj: str, order: str, template_idx: int) -> IOIPrompt:
     """Fill one template and record where IO, S1 and S2 stand (character spans of the names)."""
+    spans: dict[str, tuple[int, int]]
     text, spans, s_seen = "", {}, 0
     rest = template
     while rest:
