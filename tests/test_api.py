@@ -30,7 +30,7 @@ def plain_model() -> HookedSAETransformer:
     folder = ZOO / "model"
     cfg = HookedTransformerConfig(**json.loads((folder / "config.json").read_text()))
     model = HookedSAETransformer(cfg, tokenizer=PreTrainedTokenizerFast.from_pretrained(str(folder)))
-    model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+    model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
     return model
 
 

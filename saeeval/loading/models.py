@@ -163,7 +163,7 @@ def load_zoo_folder(
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder)) if (folder / "tokenizer.json").is_file() else None
     model = HookedSAETransformer(cfg, tokenizer=tokenizer)
     state_dict = load_file(str(folder / "model.safetensors"), device=str(device))
-    missing, unexpected = model.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, strict=True)
+    missing, unexpected = model.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, strict=False)
     buffers = {k for k, _ in model.named_buffers()}
     missing_params = [k for k in missing if k not in buffers]
     if missing_params or unexpected:
@@ -252,7 +252,7 @@ def take_over_weights(model: Any, state_dict: dict[str, torch.Tensor], checkpoin
             form = _copied_form(key, tensor)
             owned = _owned(form, targets[key].dtype, mappings, copies, keep)
             tensor = owned.T if form is not tensor else owned
-        model.load_state_dict({key: tensor}, strict=True, assign=True)
+        model.load_state_dict({key: tensor}, strict=False, assign=True)
         if read is not None:
             release_pages(read[1], mappings, keep)
         del tensor
