@@ -69,20 +69,18 @@ def test_uncached_hub_model_offline_is_one_line(tmp_path):
 
 
 def test_slurm_launcher_with_an_unreachable_controller_is_one_line(tmp_path, capfd, monkeypatch):
-    """sbatch and sinfo exist but the controller is down: what SLURM's sinfo prints then, as one line."""
+    """sbatch exists but the controller is down: what SLURM's `scontrol ping` prints then (seen on the local
+    cluster of scripts/slurm_local.sh with slurmctld stopped), as one line, before any job is submitted."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: Batch job submission failed' >&2\nexit 1\n")
-    (bin_dir / "sinfo").write_text(
-        "#!/bin/sh\necho 'slurm_load_partitions: Unable to contact slurm controller (connect failure)' >&2\nexit 1\n"
-    )
-    for tool in ("sbatch", "sinfo"):
+    (bin_dir / "scontrol").write_text("#!/bin/sh\necho 'Slurmctld(primary) at vm is DOWN'\nexit 1\n")
+    for tool in ("sbatch", "scontrol"):
         (bin_dir / tool).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
     outcome = run_inprocess("-m", "+task=ioi", "hydra/launcher=submitit_slurm", out=tmp_path, capfd=capfd)
     outcome.assert_one_line_error(
-        "SLURM controller cannot be reached",
-        "Unable to contact slurm controller",
-        "scontrol ping",
+        "SLURM controller cannot be reached (scontrol ping: Slurmctld(primary) at vm is DOWN)",
+        "start slurmctld",
         "hydra/launcher=submitit_local",
     )

@@ -13,7 +13,8 @@ from saeeval.cli.resolvers import GPU_ACCELERATORS
 from saeeval.errors import SaeevalError
 
 SLURM_ANSWER_S = 20
-"""How long the controller may take to answer `sinfo` before the sweep is refused (it retries for a while)."""
+"""How long `scontrol ping` may take before the sweep is refused (it answers at once, also when the controller is
+down; sinfo and sbatch instead retry for about 30 s before they say so)."""
 
 
 def check_launcher(argv: Sequence[str]) -> None:
@@ -27,20 +28,19 @@ def check_launcher(argv: Sequence[str]) -> None:
             "hydra/launcher=submitit_slurm needs SLURM, but sbatch is not on PATH: run from a SLURM login node, "
             "or sweep on this machine with hydra/launcher=submitit_local (or the default launcher)"
         )
-    sinfo = shutil.which("sinfo")
-    if sinfo is None:
+    scontrol = shutil.which("scontrol")
+    if scontrol is None:
         return  # nothing to ask; sbatch itself will tell
-    fix = (
-        "check that slurmctld runs and this node's slurm.conf names it (`scontrol ping`), or sweep on this machine "
-        "with hydra/launcher=submitit_local"
-    )
+    fix = "start slurmctld or fix this node's slurm.conf, or sweep on this machine with hydra/launcher=submitit_local"
     try:
-        proc = subprocess.run([sinfo, "-h", "-o", "%P"], capture_output=True, text=True, timeout=SLURM_ANSWER_S)
+        proc = subprocess.run([scontrol, "ping"], capture_output=True, text=True, timeout=SLURM_ANSWER_S)
     except subprocess.TimeoutExpired:
-        raise SaeevalError(f"the SLURM controller did not answer sinfo within {SLURM_ANSWER_S} s: {fix}") from None
+        raise SaeevalError(
+            f"the SLURM controller did not answer scontrol ping within {SLURM_ANSWER_S} s: {fix}"
+        ) from None
     if proc.returncode != 0:
-        said = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[0]
-        raise SaeevalError(f"the SLURM controller cannot be reached ({said}): {fix}")
+        said = ((proc.stdout + proc.stderr).strip().splitlines() or [f"exit status {proc.returncode}"])[0]
+        raise SaeevalError(f"the SLURM controller cannot be reached (scontrol ping: {said}): {fix}")
 
 
 def check_devices(cfg: DictConfig) -> None:
