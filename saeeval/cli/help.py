@@ -17,14 +17,14 @@ saeeval: what does splicing sparse autoencoders (SAEs) into a language model do 
 
 usage: saeeval +task=TASK [group=choice ...] [key=value ...]      (or: python -m saeeval ...)
 
-  saeeval +task=toxicity                                   bundled tiny model and its SAEs, offline
+  saeeval +task=toxicity                           bundled tiny model and its SAEs, offline
   saeeval +task=ioi model=gpt2-small saes=gpt2-small-res-jb saes.layers=[5,8]
-  saeeval +task=ioi features=attribution                   which SAE latents move the logit difference
-  saeeval -m +task=ioi,toxicity splice=each_layer          a sweep (hydra/launcher=submitit_slurm on SLURM)
-  python -m saeeval.report outputs/ multirun/              compare finished runs in one HTML page
+  saeeval +task=ioi features=attribution           which SAE latents move the logit difference
+  saeeval -m +task=ioi,toxicity splice=each_layer  a sweep (on SLURM: hydra/launcher=submitit_slurm)
+  python -m saeeval.report outputs/ multirun/      compare finished runs in one HTML page
 """
 _OPTIONS = """\
-top-level keys: seed, batch_size, limit, dtype, device, force, plot, compat (e.g. limit=100 dtype=bfloat16)
+top-level keys: seed, batch_size, limit, dtype, device, force, plot, compat (e.g. limit=100)
 
   --cfg job        print the composed config of this command line (every key and its value)
   --hydra-help     Hydra's own help (launchers, sweeps, output folders)
