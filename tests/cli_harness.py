@@ -117,3 +117,22 @@ def fill_disk_on_write(monkeypatch: pytest.MonkeyPatch) -> None:
         return f
 
     monkeypatch.setattr(os, "fdopen", full_disk_fdopen)
+
+
+def mount_tmpfs(where: Path, options: str) -> bool:
+    """Mount a small tmpfs at `where` (root only); False when this machine does not allow it."""
+    where.mkdir(parents=True, exist_ok=True)
+    return (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True).returncode
+        == 0
+    )
+
+
+def fill_disk(disk: Path) -> None:
+    """Fill the file system holding `disk` to the last byte (a file `filler` in it)."""
+    with open(disk / "filler", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError as err:
+            assert err.errno == errno.ENOSPC

@@ -3,25 +3,16 @@ naming the folder and the fix, exit 2, no traceback, earlier results untouched a
 
 from __future__ import annotations
 
-import errno
 import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cli_harness import digest, fill_disk_on_write, run_inprocess, with_prior_results
+from cli_harness import digest, fill_disk, fill_disk_on_write, mount_tmpfs, run_inprocess, with_prior_results
 
 ROOT = os.geteuid() == 0
 FAST = ("+task=ioi", "limit=8", "force=true", "plot=false")
-
-
-def _mount_tmpfs(where: Path, options: str) -> bool:
-    where.mkdir(parents=True, exist_ok=True)
-    return (
-        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True).returncode
-        == 0
-    )
 
 
 @pytest.fixture
@@ -40,7 +31,7 @@ def leftovers(folder: Path) -> list[str]:
 def test_read_only_folder_is_one_line_naming_it(tmp_path, capfd, mounts):
     out = tmp_path / "ro"
     if ROOT:  # root ignores permission bits: make the file system itself read-only
-        if not _mount_tmpfs(out, "size=1m"):
+        if not mount_tmpfs(out, "size=1m"):
             pytest.skip("cannot mount a tmpfs here")
         mounts.append(out)
         before = with_prior_results(out)
@@ -86,17 +77,12 @@ def test_file_where_the_folder_should_be_is_one_line(tmp_path, capfd, sub):
 @pytest.mark.skipif(not ROOT, reason="mounting a small tmpfs needs root; see the injected ENOSPC test")
 def test_full_disk_is_one_line_and_leaves_earlier_results_whole(tmp_path, capfd, mounts):
     disk = tmp_path / "disk"
-    if not _mount_tmpfs(disk, "size=256k"):
+    if not mount_tmpfs(disk, "size=256k"):
         pytest.skip("cannot mount a tmpfs here")
     mounts.append(disk)
     out = disk / "run"
     before = with_prior_results(out)
-    with open(disk / "filler", "wb", buffering=0) as f:  # fill the disk to the last byte
-        try:
-            while True:
-                f.write(b"\0" * 4096)
-        except OSError as err:
-            assert err.errno == errno.ENOSPC
+    fill_disk(disk)
     outcome = run_inprocess(*FAST, out=out, capfd=capfd)
     outcome.assert_one_line_error(f"'{out}", "No space left on device", "free disk space")
     assert digest(out) == before and leftovers(out) == []

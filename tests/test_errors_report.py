@@ -3,7 +3,6 @@ end as one line, no traceback, and leave no half-written report."""
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import signal
@@ -13,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_harness import fill_disk_on_write
+from cli_harness import fill_disk, fill_disk_on_write, mount_tmpfs
 
 RUNS = Path(__file__).parent / "fixtures" / "results_0.1.0"  # two finished runs, as 0.1.0 wrote them
 ROOT = os.geteuid() == 0
@@ -78,16 +77,10 @@ def test_ctrl_c_while_the_report_renders_is_one_line_and_exit_130(tmp_path):
 @pytest.mark.skipif(not ROOT, reason="mounting a small tmpfs needs root; see the injected ENOSPC test")
 def test_report_onto_a_full_disk_is_one_line_naming_the_folder(tmp_path):
     disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True).returncode:
+    if not mount_tmpfs(disk, "size=64k"):
         pytest.skip("cannot mount a tmpfs here")
     try:
-        with open(disk / "filler", "wb", buffering=0) as f:  # fill the disk to the last byte
-            try:
-                while True:
-                    f.write(b"\0" * 4096)
-            except OSError as err:
-                assert err.errno == errno.ENOSPC
+        fill_disk(disk)
         proc = _report(str(RUNS), "--out", str(disk / "report.html"))
         _, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 2
