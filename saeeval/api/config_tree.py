@@ -19,12 +19,9 @@ GROUPS = ("task", "model", "saes", "mask", "splice", "trainer", "logger", "featu
 """The config groups a run chooses from (the folders of conf/ but Hydra's own `hydra/`; a test pins the two)."""
 REQUIRED_GROUPS = ("model", "saes", "mask", "splice", "trainer")
 """The groups every run needs a choice for (conf/config.yaml's defaults give them one)."""
-SPLICE_KNOBS = ("singles", "groups", "ablation", "use_error_term")
-
+SPLICE_KNOBS = ("singles", "groups", "ablation", "use_error_term")  # `splice` keys evaluate() takes by name
 IN_MEMORY = ("model", "saes", "task", "logger", "hydra")  # given as objects, not chosen from the config tree
-
 FILE_OPTIONS = ("force", "plot")  # skip finished runs, write the PNG: the CLI's files, not in memory
-
 CLI_ONLY = (*FILE_OPTIONS, "device", "dtype")  # the model given in memory says where and in what it runs
 
 
