@@ -276,7 +276,7 @@ def test_paired_ce_differences_and_kl_stderr_equal_per_position_references(saes,
     direct paths), and KL per scored position, against whole-logit references; mean and standard error."""
     import torch.nn.functional as F
 
-    from saeeval.metrics.lm_loss import IGNORE, next_token_targets
+    from saeeval.metrics.functional.lm_loss import IGNORE, next_token_targets
     from saeeval.metrics.stats import mean_and_stderr
 
     model = make_model(soft_cap)

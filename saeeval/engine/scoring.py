@@ -22,17 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from saeeval.engine.unembed import Unembed
-from saeeval.metrics.lm_loss import (
-    IGNORE,
-    CleanRows,
-    KLDivergence,
-    NextTokenCrossEntropy,
-    PairedCEDifference,
-    kl_rows,
-    next_token_targets,
-    nll_rows,
-    row_chunks,
-)
+from saeeval.metrics.functional.lm_loss import IGNORE, CleanRows, kl_rows, next_token_targets, nll_rows, row_chunks
+from saeeval.metrics.lm_loss import KLDivergence, NextTokenCrossEntropy, PairedCEDifference
 from saeeval.metrics.non_finite import LOGITS, NonFinite
 
 _F64 = torch.float64

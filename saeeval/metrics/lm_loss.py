@@ -6,12 +6,12 @@ needs a float32 copy of the whole logits. By default a chunk holds ``CHUNK_ELEME
 so peak extra memory is about 3 · 4M · 4 bytes ≈ 48 MiB whatever the vocabulary; ``chunk_size`` fixes the number
 of positions instead; when every position is selected the chunks are views of the logits, not copies.
 The evaluation engine never builds whole logits: saeeval.engine.scoring computes per-position values for all conditions
-a chunk at a time (with ``next_token_targets``, ``CleanRows`` and ``kl_rows`` below) and feeds them with ``add``.
+a chunk at a time (with the kernels of saeeval.metrics.functional.lm_loss) and feeds them with ``add``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -19,10 +19,17 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
+from saeeval.metrics.functional.lm_loss import (
+    IGNORE,
+    CleanRows,
+    compute_dtype,
+    kl_rows,
+    next_token_targets,
+    row_chunks,
+)
 from saeeval.metrics.stats import mean_and_stderr
 
 _F64 = torch.float64
-IGNORE = -100
 CHUNK_ELEMENTS = 1 << 22  # logits per chunk: 16 MiB in float32
 
 
@@ -36,31 +43,6 @@ def _check_inputs(logits: Tensor, tokens_or_logits: Tensor, mask: Tensor, other:
         raise ValueError(
             f"mask must be a bool tensor of shape {tuple(logits.shape[:2])}, got {mask.dtype} {tuple(mask.shape)}"
         )
-
-
-def _flattens_to_view(t: Tensor) -> bool:
-    return t.shape[1] <= 1 or t.stride(0) == t.shape[1] * t.stride(1)
-
-
-def row_chunks(select: Tensor, chunk_size: int, *tensors: Tensor) -> Iterator[tuple[Tensor, ...]]:
-    """The rows ``t[b, t]`` (each tensor [B, T, ...]) at the True entries of ``select`` [B, T], ``chunk_size`` at a
-    time, in row-major order; views of ``t.flatten(0, 1)`` when every entry is selected (no gather copy)."""
-    if select.all() and all(_flattens_to_view(t) for t in tensors):
-        flat = [t.flatten(0, 1) for t in tensors]
-        for start in range(0, select.numel(), chunk_size):
-            yield tuple(f[start : start + chunk_size] for f in flat)
-        return
-    b_idx, t_idx = select.nonzero(as_tuple=True)
-    for start in range(0, b_idx.numel(), chunk_size):
-        b, t = b_idx[start : start + chunk_size], t_idx[start : start + chunk_size]
-        yield tuple(x[b, t] for x in tensors)
-
-
-def _compute_dtype(*tensors: Tensor) -> torch.dtype:
-    dtype = torch.float32
-    for t in tensors:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
 
 
 class _MaskedMean(Metric):
@@ -112,55 +94,6 @@ class _MaskedMean(Metric):
             return mean_and_stderr(self.count, self.total, self.total_sq)[1].clone()
 
 
-def next_token_targets(tokens: Tensor, mask: Tensor, input_only: bool = False) -> Tensor:
-    """``[B, T]`` targets: ``tokens[b, t + 1]`` where ``mask[b, t] ∧ mask[b, t + 1]``, ``IGNORE`` elsewhere (and in
-    the last column): the positions NextTokenCrossEntropy scores. ``input_only``: where ``mask[b, t]`` alone, as
-    sae_lens and SAEBench count CE (``loss_per_token[mask[:, :-1]]``; compat modes)."""
-    targets = torch.full_like(tokens, IGNORE, dtype=torch.long)
-    targets[:, :-1] = tokens[:, 1:]
-    scored = torch.zeros_like(mask)
-    scored[:, :-1] = mask[:, :-1] if input_only else mask[:, :-1] & mask[:, 1:]
-    targets[~scored] = IGNORE
-    return targets
-
-
-def nll_rows(log_probs: Tensor, targets: Tensor) -> Tensor:
-    """``−log_probs[r, targets[r]]`` per row ``[R]``; 0 where the target is IGNORE."""
-    picked = log_probs.gather(1, targets.clamp_min(0)[:, None])[:, 0]
-    return torch.where(targets == IGNORE, 0.0, -picked)
-
-
-class CleanRows:
-    """The clean next-token distribution on a chunk of positions, computed once and shared by every condition.
-
-    ``log_p`` and ``p`` are ``[R, V]`` (float32 or wider); ``lse`` is log Σ exp(logits) per row in float64 (the
-    pull-back KL in saeeval.engine.scoring subtracts two of them, so they must not be rounded to float32).
-    """
-
-    def __init__(self, logits: Tensor, consume: bool = False) -> None:
-        """``logits [R, V]``, any float dtype (computed in at least float32); overwritten with the log-probs when
-        ``consume`` (the caller's own buffer), else copied."""
-        x = logits.to(_compute_dtype(logits), copy=not consume)
-        top = x.amax(-1, keepdim=True)
-        self.p = torch.sub(x, top).exp_()
-        total = self.p.sum(-1, keepdim=True)
-        self.p.div_(total)
-        self.lse = total[:, 0].to(_F64).log_().add_(top[:, 0].to(_F64))
-        self.log_p = x.sub_(self.lse[:, None].to(x.dtype))
-
-
-def kl_rows(clean: CleanRows, log_q: Tensor) -> Tensor:
-    """KL(P_clean ‖ Q) per row ``[R]`` = Σ_v p(v)·(log p(v) − log q(v)); ``log_q`` is overwritten. Terms with
-    p(v) = 0 count 0 (where log p = −inf the product would be NaN)."""
-    terms = torch.sub(clean.log_p, log_q, out=log_q)
-    kl = torch.linalg.vecdot(clean.p, terms)
-    bad = ~kl.isfinite()
-    if bad.any():
-        p = clean.p[bad]
-        kl[bad] = torch.where(p == 0, 0.0, p * terms[bad]).sum(-1)
-    return kl
-
-
 class NextTokenCrossEntropy(_MaskedMean):
     """Mean next-token cross-entropy over positions whose input AND target tokens are both unmasked.
 
@@ -176,7 +109,7 @@ class NextTokenCrossEntropy(_MaskedMean):
         if logits.shape[1] < 2:
             return
         logits = logits.detach()
-        dtype = _compute_dtype(logits)
+        dtype = compute_dtype(logits)
         # Unscored positions get the ignored target (loss 0), so when the mask keeps everything the chunks run over
         # whole rows as views (the last column, 1/T extra, is ignored).
         targets = next_token_targets(tokens, mask)
@@ -209,6 +142,6 @@ class KLDivergence(_MaskedMean):
     def update(self, clean_logits: Tensor, logits: Tensor, mask: Tensor) -> None:
         _check_inputs(logits, clean_logits, mask, "clean_logits")
         clean_logits, logits = clean_logits.detach(), logits.detach()
-        dtype = _compute_dtype(clean_logits, logits)
+        dtype = compute_dtype(clean_logits, logits)
         for clean_rows, rows in row_chunks(mask, self._rows_per_chunk(logits.shape[-1]), clean_logits, logits):
             self._add(kl_rows(CleanRows(clean_rows.to(dtype)), F.log_softmax(rows.to(dtype), dim=-1)))
