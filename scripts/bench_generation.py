@@ -24,7 +24,8 @@ from saeeval.engine.conditions import build_conditions
 from saeeval.engine.generation import SpliceAt, generated_positions, greedy_generate, stacked_hooks
 from saeeval.engine.masks import Masks, special_token_ids
 from saeeval.engine.module import SAEEvalModule
-from saeeval.loading.models import default_zoo_root, load_model
+from saeeval.loading.models import load_model
+from saeeval.loading.zoo import default_zoo_root
 from saeeval.tasks.ioi import IOIDataModule
 from saeeval.tasks.toxicity import ToxicityDataModule
 

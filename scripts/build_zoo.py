@@ -39,7 +39,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformer_lens import HookedTransformerConfig
 from transformers import PreTrainedTokenizerFast
 
-from saeeval.loading.models import load_zoo_folder
+from saeeval.loading.zoo import load_zoo_folder
 from saeeval.tasks.words import TOXICITY_LABELS, TOXICITY_TEMPLATE, fill_ioi, ioi_templates, load_words, name_adj_rows
 
 SPECIALS = ("<bos>", "<eos>", "<pad>", "<unk>")

@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerFast
 
 import saeeval
 from saeeval.errors import SaeevalError
-from saeeval.loading.models import default_zoo_root
+from saeeval.loading.zoo import default_zoo_root
 from saeeval.render.catalog import short_name
 
 pytestmark = pytest.mark.slow

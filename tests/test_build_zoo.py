@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from sae_lens import SAE, HookedSAETransformer
 
-from saeeval.loading.models import load_zoo_folder
+from saeeval.loading.zoo import load_zoo_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "build_zoo.py"

@@ -15,7 +15,7 @@ from cli_harness import digest, run_inprocess, with_prior_results
 from safetensors.torch import load_file, save_file
 
 from saeeval.api.results import Results
-from saeeval.loading.models import default_zoo_root
+from saeeval.loading.zoo import default_zoo_root
 from saeeval.publish.html_report import build_report
 
 ZOO = default_zoo_root() / "tiny"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from cli_harness import digest, run_inprocess, with_prior_results
 
-from saeeval.loading.models import default_zoo_root
+from saeeval.loading.zoo import default_zoo_root
 
 ZOO_SAE = default_zoo_root() / "tiny" / "saes" / "blocks.0.hook_resid_post"
 

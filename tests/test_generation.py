@@ -18,7 +18,8 @@ from saeeval.engine.masks import Masks, TokenMask, special_token_ids
 from saeeval.engine.module import SAEEvalModule
 from saeeval.engine.splicing import Splicer
 from saeeval.errors import SaeevalError
-from saeeval.loading.models import default_zoo_root, load_model
+from saeeval.loading.models import load_model
+from saeeval.loading.zoo import default_zoo_root
 from saeeval.tasks.answer_parsing import FIRST_NAME_REGEX, NOTEBOOK_REGEX, UNPARSED, GenerationOptions, parse_answer
 from saeeval.tasks.ioi import IOIDataModule
 

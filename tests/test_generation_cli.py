@@ -22,7 +22,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from saeeval.api.results import Results
 from saeeval.engine.masks import special_token_ids
-from saeeval.loading.models import default_zoo_root, load_model
+from saeeval.loading.models import load_model
+from saeeval.loading.zoo import default_zoo_root
 from saeeval.publish.html_report import build_report
 from saeeval.publish.loggers import flat_metrics, samples_table
 from saeeval.tasks.words import name_adj_rows

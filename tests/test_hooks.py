@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from saeeval.engine.hook_context import forward_hooks
-from saeeval.loading.models import default_zoo_root, load_zoo_folder
+from saeeval.loading.zoo import default_zoo_root, load_zoo_folder
 
 
 def test_hooks_fire_once_and_leave_the_model_as_found():

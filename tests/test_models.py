@@ -19,7 +19,8 @@ from transformer_lens import HookedTransformerConfig
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from saeeval.errors import SaeevalError
-from saeeval.loading.models import available_zoo_models, load_model
+from saeeval.loading.models import load_model
+from saeeval.loading.zoo import available_zoo_models
 
 torch.set_num_threads(1)
 

@@ -23,9 +23,9 @@ from saeeval.errors import SaeevalError, first_line
 from saeeval.hooknames import sae_hook
 from saeeval.loading.finite_weights import check_finite_weights
 from saeeval.loading.hub import cache_dir, hub_access
-from saeeval.loading.models import available_zoo_models, default_zoo_root
 from saeeval.loading.sae_folder import RESAVE, check_sae_folder
 from saeeval.loading.weight_processing import check_processing as check_model_processing
+from saeeval.loading.zoo import available_zoo_models, default_zoo_root
 
 SOURCES = ("zoo", "release", "folder")
 
