@@ -181,8 +181,13 @@ class SAEEvalModule(L.LightningModule):
             batch["tokens"], batch["attention_mask"], batch.get("positions"), self.special_ids, self.compat
         )
 
-    def on_test_start(self) -> None:
+    def on_test_model_eval(self) -> None:
+        """Follow placement here, not in `on_test_start`: Lightning calls this hook first and the callbacks'
+        `on_test_start` (the feature callback's mean pass runs forwards) before the module's own."""
+        super().on_test_model_eval()
         self.follow_placement()
+
+    def on_test_start(self) -> None:
         if any(c.ablation == "mean" for c in self.conditions):
             self.means = self._mean_activations()
 
