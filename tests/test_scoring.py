@@ -100,6 +100,56 @@ def test_unembed_rows_and_columns_equal_the_models_own_logits(soft_cap):
         assert want.abs().max() > 0.9 * soft_cap  # the cap is really in play
 
 
+@pytest.mark.parametrize("soft_cap", [-1.0, 3.0])
+def test_half_precision_logits_and_answer_columns_are_float32_sums_of_the_half_values(soft_cap, monkeypatch):
+    """A bf16 model's logits are the float32 (not bf16-rounded) dot products of its bf16 residual and W_U: one bf16
+    step at these logits is ~0.03, the float32 computation agrees to 1e-5. The vocabulary is converted in slices."""
+    monkeypatch.setattr("saeeval.engine.unembed.SLICE_ELEMENTS", D * 50)  # 5 slices of W_U
+    model = make_model(soft_cap).to(torch.bfloat16)
+    tokens, am, _ = make_batch()
+    final = Splicer(model, {}).clean(tokens, am, []).final
+    assert final.dtype == torch.bfloat16
+    w, b = model.unembed.W_U.double(), model.unembed.b_U.double()
+    want = final.double() @ w + b
+    if soft_cap > 0:
+        want = soft_cap * torch.tanh(want / soft_cap)
+    with torch.no_grad():  # as in scoring: the sliced conversion writes into one buffer
+        got = Unembed(model)(final)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    assert (want.bfloat16().double() - want).abs().max() > 1e-3  # rounding to bf16 would fail the line above
+    correct, incorrect = torch.tensor([5, 17, 200]), torch.tensor([9, 3, 100])
+    ld = answer_logit_diff(Unembed(model), final, correct, incorrect)
+    rows = torch.arange(3)
+    torch.testing.assert_close(ld.double(), want[rows, -1, correct] - want[rows, -1, incorrect], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_scoring_under_autocast_equals_scoring_without(saes, dtype):
+    """`*-mixed` precision runs the test step in autocast; the unembedding, log-softmax and KL must not follow it
+    (a float32 buffer would meet a bf16 matmul)."""
+    model = make_model().to(dtype)
+    splicer = Splicer(model, {h: make_sae(h, D, seed=i).to(dtype=dtype) for i, h in enumerate(HOOKS)})
+    tokens, am, mask = make_batch()
+    cond = build_conditions(splicer.saes)[0]
+    clean = splicer.clean(tokens, am, hooks_of([cond]))
+    final = splicer.run(cond, clean, mask).final
+
+    def scores():
+        states = LMStates(NextTokenCrossEntropy(), KLDivergence())
+        clean_states = LMStates(NextTokenCrossEntropy())
+        score_lm(Unembed(model), clean.final, tokens, mask, [(final, states)], clean_states, chunk=7)
+        ld = answer_logit_diff(Unembed(model), final, torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6]))
+        return states.ce.compute(), states.kl.compute(), clean_states.ce.compute(), ld
+
+    plain = scores()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = scores()
+    for a, b in zip(plain, mixed, strict=True):
+        assert b.dtype == a.dtype
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
+
+
 def test_unembed_allocates_only_the_chunks_logits_never_a_copy_of_w_u():
     model = make_model(soft_cap=30.0, d_vocab=50_000, d_model=16)
     rows = torch.randn(4, 16)

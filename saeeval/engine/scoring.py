@@ -9,7 +9,7 @@ KL takes a pull-back form when it is exact (no soft-cap, float32/64 weights): lo
 Σ_v p(v)·(clean_logit(v) − logit(v)) = (resid_clean − resid)·u with u = p_clean·W_Uᵀ (once per chunk), and
 KL(P‖Q) = (resid_clean − resid)·u + Σp · (logsumexp(logits) − logsumexp(clean_logits)): a condition costs its
 matmul and one log-sum-exp, and no term is a difference of large numbers. Otherwise (Gemma's soft-cap, half
-precision) it is the direct Σ p·(log p − log q) on the log-softmax.
+precision) it is the direct Σ p·(log p − log q) on the log-softmax of float32 logits (saeeval.engine.unembed).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from saeeval.engine.unembed import Unembed
+from saeeval.engine.unembed import Unembed, no_autocast
 from saeeval.metrics.functional.lm_loss import IGNORE, CleanRows, kl_rows, next_token_targets, nll_rows, row_chunks
 from saeeval.metrics.lm_loss import KLDivergence, NextTokenCrossEntropy, PairedCEDifference
 from saeeval.metrics.non_finite import LOGITS, NonFinite
@@ -95,8 +95,9 @@ def score_lm(
     targets = next_token_targets(tokens.to(clean.device), mask, input_only)
     rows = chunk or rows_per_chunk(unembed.d_vocab, unembed.weight.device)
     states = [s for _, s in conditions]
-    for h_clean, target, *hs in row_chunks(mask, rows, clean, targets[..., None], *(f for f, _ in conditions)):
-        _score_chunk(unembed, h_clean, target[:, 0], list(zip(hs, states, strict=True)), clean_states)
+    with no_autocast(unembed.weight.device):  # `*-mixed` precision: the log-softmax and KL sums stay float32
+        for h_clean, target, *hs in row_chunks(mask, rows, clean, targets[..., None], *(f for f, _ in conditions)):
+            _score_chunk(unembed, h_clean, target[:, 0], list(zip(hs, states, strict=True)), clean_states)
 
 
 def _score_chunk(
