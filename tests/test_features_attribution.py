@@ -15,7 +15,6 @@ from conftest import make_sae
 from sae_lens import HookedSAETransformer
 from transformer_lens import HookedTransformerConfig
 
-from saeeval.engine.scoring import answer_logit_diff, answer_rows
 from saeeval.engine.splicing import Splicer
 from saeeval.features.attribution import LatentProbe, ablation_effects, attribution
 from saeeval.loading.models import load_model
@@ -81,18 +80,14 @@ def test_attribution_patching_is_the_analytic_gradient_times_the_move(linear_cas
     assert expected.abs().max() > 0.05 and (expected[2] == 0).all()
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     # LD is linear in the latents here, so each exact single-latent ablation equals its attribution
-    clean_ld = answer_logit_diff(
-        splicer.unembed, answer_rows(clean.final, batch["positions"], "END", 1), batch["correct"], batch["incorrect"]
-    )
-    effects = ablation_effects(probe, clean, mask, batch, patch, [[j] for j in range(6)], clean_ld, 4)
+    effects = ablation_effects(probe, clean, mask, batch, patch, [[j] for j in range(6)], 4)
     torch.testing.assert_close(effects, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_an_unedited_splice_reproduces_the_clean_model_exactly(linear_case):
     _, _, splicer, clean, mask, batch = linear_case
     probe = LatentProbe(splicer, "r", "END")
-    clean_ld = answer_logit_diff(splicer.unembed, clean.final, batch["correct"], batch["incorrect"])
-    assert ablation_effects(probe, clean, mask, batch, torch.zeros(6), [[]], clean_ld).abs().max() == 0
+    assert ablation_effects(probe, clean, mask, batch, torch.zeros(6), [[]]).abs().max() == 0
 
 
 @pytest.fixture(scope="module")
@@ -155,12 +150,9 @@ def test_integrated_gradients_are_complete_and_exact_for_one_moving_latent(zoo):
     _, _, splicer, batch, mask = zoo
     probe = LatentProbe(splicer, "blocks.0.hook_resid_post", "END")
     clean = splicer.clean(batch["tokens"], batch["attention_mask"], [probe.hook])
-    clean_ld = answer_logit_diff(
-        splicer.unembed, answer_rows(clean.final, batch["positions"], "END", 1), batch["correct"], batch["incorrect"]
-    )
     zero = torch.zeros(probe.d_sae)
     ig, f, _ = attribution(probe, clean, mask, batch, zero, method="ig", steps=128, points_per_forward=32)
-    everything = ablation_effects(probe, clean, mask, batch, zero, [list(range(probe.d_sae))], clean_ld)[:, 0]
+    everything = ablation_effects(probe, clean, mask, batch, zero, [list(range(probe.d_sae))])[:, 0]
     assert everything.abs().min() > 0.5  # moving every latent to 0 changes each example's LD a lot
     torch.testing.assert_close(ig.sum(1), everything, atol=5e-3 * everything.abs().max().item(), rtol=0)
     atp, _, _ = attribution(probe, clean, mask, batch, zero)
@@ -171,6 +163,56 @@ def test_integrated_gradients_are_complete_and_exact_for_one_moving_latent(zoo):
         patch = f.clone()
         patch[:, j] = 0  # only latent j moves
         one, _, _ = attribution(probe, clean, mask, batch, patch, method="ig", steps=64, points_per_forward=32)
-        exact = ablation_effects(probe, clean, mask, batch, zero, [[j]], clean_ld)[:, 0]
+        exact = ablation_effects(probe, clean, mask, batch, zero, [[j]])[:, 0]
         assert (one[:, [k for k in range(probe.d_sae) if k != j]] == 0).all()
         torch.testing.assert_close(one[:, j], exact, atol=2e-3 * max(exact.abs().max().item(), 0.1), rtol=0)
+
+
+def test_a_null_edit_has_exactly_zero_effect_in_bfloat16(zoo):
+    """Effects are measured against an unedited copy in the same forward: latents that are already at the patch
+    value change nothing, exactly, even in bf16 and beside edits that do change the answer."""
+    model, saes, _, batch, mask = zoo
+    name = "blocks.0.hook_resid_post"
+    half = Splicer(model.to(torch.bfloat16), {name: saes[name].to(dtype=torch.bfloat16)})
+    try:
+        probe = LatentProbe(half, name, "END")
+        clean = half.clean(batch["tokens"], batch["attention_mask"], [probe.hook])
+        f, _ = probe.prepare(clean, mask)
+        silent = (f == 0).all(0).nonzero()[:, 0].tolist()
+        live = f.abs().sum(0).argsort(descending=True)[:3].tolist()
+        assert len(silent) >= 2
+        edits = [[silent[0]], live[:1], silent[:2], live, [silent[1]]]
+        effects = ablation_effects(probe, clean, mask, batch, torch.zeros(probe.d_sae), edits, latents_per_forward=5)
+        assert (effects[:, [0, 2, 4]] == 0).all()
+        assert effects[:, 3].abs().min() > 0
+    finally:
+        model.to(torch.float32)
+        saes[name].to(dtype=torch.float32)
+
+
+def test_integrated_gradients_midpoints_stay_distinct_in_bfloat16(zoo, monkeypatch):
+    """256 IG steps on a bf16 SAE evaluate 256 distinct float32 midpoints (bf16 has 8 bits: (k + ½)/256 would
+    repeat) and sum their gradients in float32."""
+    model, saes, _, batch, mask = zoo
+    name = "blocks.0.hook_resid_post"
+    half = Splicer(model.to(torch.bfloat16), {name: saes[name].to(dtype=torch.bfloat16)})
+    try:
+        probe = LatentProbe(half, name, "END")
+        clean = half.clean(batch["tokens"], batch["attention_mask"], [probe.hook])
+        seen = []
+        gradients = probe.gradients
+
+        def record(clean, mask, batch, f, points):
+            seen.append(points.detach())
+            return gradients(clean, mask, batch, f, points)
+
+        monkeypatch.setattr(probe, "gradients", record)
+        f, _ = probe.prepare(clean, mask)
+        n, j = (f != 0).nonzero()[0].tolist()
+        ig, _, _ = attribution(probe, clean, mask, batch, torch.zeros(probe.d_sae), "ig", 256, 64)
+        points = torch.cat(seen)
+        assert points.dtype == torch.float32 and ig.dtype == torch.float32
+        assert points[:, n, j].unique().numel() == 256
+    finally:
+        model.to(torch.float32)
+        saes[name].to(dtype=torch.float32)

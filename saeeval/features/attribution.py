@@ -109,12 +109,15 @@ def attribution(
         _, grad = probe.gradients(clean, mask, batch, f, f[None])
         mean_grad = grad[0]
     elif method == "ig":
-        mean_grad = torch.zeros_like(f)
-        alphas = (torch.arange(steps, dtype=f.dtype, device=f.device) + 0.5) / steps
+        # midpoints and their sum in float32 at least: in bf16, (k + ½)/steps repeats once steps > 128
+        wide = torch.promote_types(f.dtype, torch.float32)
+        mean_grad = torch.zeros_like(f, dtype=wide)
+        alphas = (torch.arange(steps, dtype=wide, device=f.device) + 0.5) / steps
         for chunk in alphas.split(points_per_forward):
-            points = f[None] + chunk[:, None, None] * move[None]
+            points = f.to(wide)[None] + chunk[:, None, None] * move.to(wide)[None]
             mean_grad += probe.gradients(clean, mask, batch, f, points)[1].sum(0)
         mean_grad /= steps
+        move = move.to(wide)
     else:
         raise ValueError(f"unknown attribution method {method!r}; use atp or ig")
     return per_example(move * mean_grad, row, b), f, row
@@ -128,19 +131,24 @@ def ablation_effects(
     batch: Mapping[str, Any],
     patch: Tensor,
     edits: Sequence[Sequence[int]],
-    clean_ld: Tensor,
     latents_per_forward: int = 8,
 ) -> Tensor:
     """`[B, len(edits)]`: for each edit (a set of latents) LD with those latents set to `patch` at the masked-in
-    positions, minus the clean LD; `latents_per_forward` edits share one suffix forward."""
+    positions, minus the unedited LD; `latents_per_forward` edits share one suffix forward.
+
+    The unedited LD comes from an unedited copy in the same forward, not from the clean pass: a GPU rounds a
+    `k·B`-row matmul differently from a `B`-row one, so against the clean pass an edit that changes nothing would
+    show an effect. In the same forward it shows exactly 0.
+    """
     f, _ = probe.prepare(clean, mask)
     p = patch.to(f).expand_as(f)
     out = []
     for start in range(0, len(edits), latents_per_forward):
         chunk = edits[start : start + latents_per_forward]
-        f_new = f[None].repeat(len(chunk), 1, 1)
-        for k, latents in enumerate(chunk):
+        f_new = f[None].repeat(len(chunk) + 1, 1, 1)  # copy 0 stays unedited
+        for k, latents in enumerate(chunk, start=1):
             idx = torch.as_tensor(list(latents), dtype=torch.long, device=f.device)
             f_new[k][:, idx] = p[:, idx]
-        out.append(probe.logit_diffs(clean, mask, batch, f, f_new) - clean_ld.to(f.device)[None])
+        ld = probe.logit_diffs(clean, mask, batch, f, f_new)
+        out.append(ld[1:] - ld[:1])
     return torch.cat(out).T if out else torch.zeros(clean.tokens.shape[0], 0, device=f.device)

@@ -124,12 +124,12 @@ class FeatureCallback(L.Callback):
             st.effects = GroupedSums(self.num_groups, len(st.edits)).to(device)
             st.rows = ExampleRows(len(st.top)).to(device)
         for batch in self._batches(module):
-            clean, mask, ld = self._clean(module, batch)
+            clean, mask, _ = self._clean(module, batch)
             for name, probe in self.probes.items():
                 st = self.states[name]
                 assert st.effects is not None and st.rows is not None  # set for every SAE by the loop above
                 eff = ablation_effects(
-                    probe, clean, mask, batch, self.patches[name], st.edits, ld, self.options.latents_per_forward
+                    probe, clean, mask, batch, self.patches[name], st.edits, self.options.latents_per_forward
                 )
                 st.effects.update(eff, batch["group"])
                 st.rows.update(batch["example_id"], eff[:, : len(st.top)])
