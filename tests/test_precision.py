@@ -18,6 +18,7 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from run_files import differences
 
 from saeeval.engine.conditions import build_conditions
 from saeeval.engine.masks import special_token_ids
@@ -27,13 +28,24 @@ from saeeval.results.files import flat_numbers
 
 pytestmark = pytest.mark.slow
 
-COMMON = ["+task=ioi", "limit=32", "batch_size=16", "plot=false", "splice.ablation=mean"]
+# features with the mean baseline: the feature callback's mean pass runs forwards before the module's on_test_start
+COMMON = [
+    "+task=ioi",
+    "limit=32",
+    "batch_size=16",
+    "plot=false",
+    "splice.ablation=mean",
+    "features=attribution",
+    "features.baseline=mean",
+]
 RUNS = {
     "float32": [],
     "float64": ["dtype=float64"],
     "64-true": ["+trainer.precision=64-true"],
     "bfloat16": ["dtype=bfloat16"],
     "bf16-true": ["+trainer.precision=bf16-true"],
+    "bf16-mixed": ["+trainer.precision=bf16-mixed"],
+    "16-mixed": ["+trainer.precision=16-mixed"],  # Lightning runs fp16 autocast on a GPU, bf16 on the CPU
 }
 # bf16 against float32 on the zoo (clean logit diff ~8.5): stated bounds, measured worst cases about a third of them.
 BF16_LOGIT_DIFF_ABS = 0.1
@@ -54,14 +66,19 @@ def runs(tmp_path_factory) -> dict[str, dict]:
         _, stderr = proc.communicate(timeout=600)
         assert proc.returncode == 0, f"{name}:\n{stderr[-3000:]}"
         docs[name] = json.loads((out / "results.json").read_text())
+        docs[name]["features"] = json.loads((out / "features.json").read_text())
     return docs
 
 
 def assert_all_close(a: dict, b: dict, rel: float) -> None:
+    """Every number of results.json's conditions agrees to `rel`, and features.json (its config hash aside) to
+    1e-6 (its top latents, examples and CIs included)."""
     fa, fb = flat_numbers(a["conditions"]), flat_numbers(b["conditions"])
     assert fa.keys() == fb.keys() and len(fa) > 100
     for key, value in fa.items():
         assert math.isclose(fb[key], value, rel_tol=rel, abs_tol=rel * 1e-3), (key, value, fb[key])
+    features = [{k: v for k, v in doc["features"].items() if k != "config_hash"} for doc in (a, b)]
+    assert features[0]["saes"] and differences(*features) == []
 
 
 def test_trainer_precision_64_true_equals_dtype_float64(runs):
@@ -78,15 +95,25 @@ def test_trainer_precision_bf16_true_equals_dtype_bfloat16_with_exact_counts(run
     assert counts and all(bf16[k] == v for k, v in counts.items())  # float64 states: 638 tokens stay 638
 
 
-def test_bfloat16_stays_within_stated_tolerance_of_float32(runs):
-    ref, half = runs["float32"]["conditions"], runs["bfloat16"]["conditions"]
+@pytest.mark.parametrize("half", ["bfloat16", "bf16-mixed", "16-mixed"])
+def test_half_precision_stays_within_stated_tolerance_of_float32(runs, half):
+    ref, got_all = runs["float32"]["conditions"], runs[half]["conditions"]
     for name, cond in ref.items():
-        got = half[name]
+        got = got_all[name]
         assert abs(got["task"]["logit_diff"] - cond["task"]["logit_diff"]) <= BF16_LOGIT_DIFF_ABS, name
         assert got["lm"]["ce_loss"] == pytest.approx(cond["lm"]["ce_loss"], rel=BF16_CE_REL), name
         for hook, recon in cond.get("reconstruction", {}).items():
             assert abs(got["reconstruction"][hook]["explained_variance"] - recon["explained_variance"]) <= BF16_EV_ABS
-    assert half["clean"]["task"]["logit_diff"] != ref["clean"]["task"]["logit_diff"]  # it really ran in bf16
+    assert got_all["clean"]["task"]["logit_diff"] != ref["clean"]["task"]["logit_diff"]  # it really ran in half
+
+
+def test_feature_attribution_in_bfloat16_finds_the_float32_top_latents(runs):
+    """The mean pass and attribution ran in bf16 (placement followed before the callback's forwards): its top
+    latents are float32's, reordered at most among near-ties."""
+    for name, ref in runs["float32"]["features"]["saes"].items():
+        got = runs["bf16-true"]["features"]["saes"][name]
+        top = [row["feature"] for row in ref["top"][:5]]
+        assert len(set(top) & {row["feature"] for row in got["top"][:10]}) >= 4, name
 
 
 def test_config_hash_tracks_precision_and_accelerator_but_not_placement(runs):
