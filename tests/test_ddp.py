@@ -123,3 +123,25 @@ def test_ddp_cpu_writes_the_same_files_as_cpu_and_nothing_from_rank_one(runs, ta
     assert not [f for f in files(runs[task]["ddp"]) if "train_ddp_process" in f]
     stdout = runs[task]["ddp_stdout"]
     assert stdout.count("results: ") == 1 and stdout.count("saeeval · ") == 1  # one table, from rank 0
+
+
+def test_every_rank_leaves_the_process_group_after_evaluating(tmp_path):
+    """After the test loop each rank meets the others once more and destroys its process group, instead of
+    leaving NCCL's teardown to interpreter exit; without a group it does nothing."""
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    from saeeval.api.evaluator import leave_process_group
+
+    met: list[str] = []
+    trainer = SimpleNamespace(strategy=SimpleNamespace(barrier=lambda name: (met.append(name), dist.barrier())))
+    leave_process_group(trainer)
+    assert met == []
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        leave_process_group(trainer)
+        assert met == ["saeeval: evaluated"] and not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from sae_lens import SAE
@@ -50,6 +51,15 @@ def build(node: Any) -> Any:
         raise SaeevalError(
             f"could not build {node.get('_target_', 'a config node')}: {err}".replace("\n", " ")
         ) from err
+
+
+def leave_process_group(trainer: L.Trainer) -> None:
+    """Every rank meets once more, then leaves the process group: the metric states are synced, and ranks > 0
+    exit right away. Left to interpreter teardown, a rank could exit while NCCL still owns the group (a hang if
+    another rank is slow or fails). A run without a process group does nothing."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        trainer.strategy.barrier("saeeval: evaluated")
+        torch.distributed.destroy_process_group()
 
 
 def run_evaluation(
@@ -99,6 +109,7 @@ def run_evaluation(
     finally:
         if callback is not None:
             trainer.callbacks.remove(callback)  # type: ignore[attr-defined]
+    leave_process_group(trainer)
     if not trainer.is_global_zero:
         return None
     computed = module.computed or []
