@@ -186,3 +186,22 @@ def test_a_trainer_whose_precision_casts_the_weights_still_leaves_them_as_they_w
     assert_same_snapshot(before, snapshot(model, saes))
     assert model.cfg.dtype == torch.float32 and saes[0].dtype == torch.float32
     assert all(p.dtype == torch.float32 for m in (model, *saes) for p in m.parameters())
+
+
+@pytest.mark.parametrize(
+    ("device", "trainer", "expected"),
+    [
+        ("cuda:1", {"accelerator": "gpu", "devices": 1}, {"devices": [1]}),
+        ("cuda:3", {"accelerator": "cuda", "devices": 1}, {"devices": [3]}),
+        ("cuda:0", {"accelerator": "gpu", "devices": 1}, {}),
+        ("cuda", {"accelerator": "gpu", "devices": 1}, {}),
+        ("cuda:1", {"accelerator": "gpu", "devices": 2}, {}),  # the user chose several devices
+        ("cuda:1", {"accelerator": "cpu", "devices": 1}, {}),
+        ("cpu", {"accelerator": "cpu", "devices": 1}, {}),
+    ],
+)
+def test_evaluate_keeps_a_model_on_cuda_k_on_that_gpu(device, trainer, expected):
+    """Lightning's `devices=1` is cuda:0: a model on cuda:1 would be moved there and back; `devices=[1]` keeps it."""
+    from saeeval.api.evaluate import same_gpu
+
+    assert same_gpu(trainer, device) == expected

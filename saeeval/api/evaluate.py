@@ -90,6 +90,14 @@ def named_saes(saes: Mapping[str, SAE] | Sequence[SAE]) -> dict[str, SAE]:
     return out
 
 
+def same_gpu(trainer: Mapping[str, Any], device: Any) -> dict[str, Any]:
+    """`devices=[k]` for a model on `cuda:k` and a one-device GPU trainer: Lightning's `devices=1` means `cuda:0`,
+    where it would move the caller's model (and back). Nothing otherwise."""
+    place = torch.device(str(device))
+    on_one_gpu = trainer.get("devices") == 1 and str(trainer.get("accelerator")).lower() != "cpu"
+    return {"devices": [place.index]} if place.type == "cuda" and place.index and on_one_gpu else {}
+
+
 def evaluate(
     model: Any,
     saes: Mapping[str, SAE] | Sequence[SAE],
@@ -131,7 +139,14 @@ def evaluate(
     features = build(cfg.features) if cfg.get("features") else None
     if not isinstance(trainer, L.Trainer):
         trainer = cast(  # every trainer config builds a lightning Trainer
-            L.Trainer, instantiate(cfg.trainer, logger=False, enable_progress_bar=False, **trainer_kwargs(features))
+            L.Trainer,
+            instantiate(
+                cfg.trainer,
+                logger=False,
+                enable_progress_bar=False,
+                **trainer_kwargs(features),
+                **same_gpu(cfg.trainer, model.cfg.device),
+            ),
         )
     converts = str(trainer.precision).endswith("-true") or str(trainer.precision) == "64"
     with left_as_found([model, *named.values()], converts_weights=converts):
