@@ -310,7 +310,7 @@ def test_one_condition_per_forward_on_cpu_and_by_free_memory_on_cuda(monkeypatch
     fake = SimpleNamespace(cfg=SimpleNamespace(device="cuda", d_model=768, n_heads=12, d_mlp=3072, dtype=torch.float32))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free[0], 80 * gib))
-    # one condition at B=8, T=128: 8·128·(8·768 + 3·12·128 + 3·3072)·4 bytes ≈ 65 MiB
+    # one condition at B=8, T=128: 8·128·(8·768 + 3·12·128 + 3·3072)·4 bytes = 78 MiB
     free = [100 * gib]
     assert conditions_per_forward(fake, (8, 128)) == 8  # plenty: the cap
     free = [400 * (1 << 20)]
@@ -318,6 +318,13 @@ def test_one_condition_per_forward_on_cpu_and_by_free_memory_on_cuda(monkeypatch
     free = [1 * gib]
     assert conditions_per_forward(fake, (8, 128)) == 3  # 256 MiB share: three
     assert rows_per_chunk(256_000, "cuda") == gib // 4 // (16 * 256_000)
+    # SAE latents count: Σ d_sae = 16384 adds 8·128·2·16384·4 bytes = 128 MiB per condition (206 MiB in all)
+    assert conditions_per_forward(fake, (8, 128), latents=16_384) == 1
+    free = [4 * gib]
+    assert conditions_per_forward(fake, (8, 128), latents=16_384) == 4  # 1 GiB share / 206 MiB
+    # generating 64 tokens adds each row's KV cache: 8·2·12 layers·12 heads·64·(128 + 64)·4 bytes = 108 MiB
+    fake.cfg.n_layers, fake.cfg.d_head = 12, 64
+    assert conditions_per_forward(fake, (8, 128), latents=16_384, new_tokens=64) == 3  # 1 GiB / 314 MiB
 
 
 @pytest.mark.parametrize("soft_cap", [-1.0, 3.0])

@@ -163,6 +163,8 @@ class SAEEvalModule(L.LightningModule):
         )
         self.means: dict[str, Tensor] | None = None
         self.computed: list[Computed] | None = None
+        # the most SAE latents per position one condition holds (Σ d_sae), for the batching estimate
+        self._widest = max((sum(saes[n].cfg.d_sae for n in c.saes) for c in self.conditions), default=0)
 
     @property
     def saes(self) -> dict[str, SAE]:
@@ -231,7 +233,7 @@ class SAEEvalModule(L.LightningModule):
         self.metrics[0].non_finite.update(FINAL, bad_rows(clean.final) & real)
         clean_ld = self._update_answers(self.metrics[0], clean.final, batch, None)
         lds = {0: clean_ld}
-        per_forward = self.condition_batch or conditions_per_forward(self.model, tokens.shape)
+        per_forward = self.condition_batch or conditions_per_forward(self.model, tokens.shape, self._widest)
         for n, group in enumerate(self._groups(clean.final)):
             finals: list[Tensor | None] = [None] * len(group)
             conds = [self.conditions[i] for i in group]
@@ -271,7 +273,9 @@ class SAEEvalModule(L.LightningModule):
         ]
         step_at = generated_positions(self.masks.splice, self.special_ids, self.compat.ablate_special)
         conds, b = [None, *self.conditions], tokens.shape[0]
-        per_forward = self.condition_batch or conditions_per_forward(self.model, tokens.shape)
+        per_forward = self.condition_batch or conditions_per_forward(
+            self.model, tokens.shape, self._widest, opts.max_new_tokens
+        )
         for start in range(0, len(conds), per_forward):
             chunk = conds[start : start + per_forward]
             k = len(chunk)

@@ -99,19 +99,26 @@ GPU_BATCH_SHARE = 0.25
 MAX_CONDITIONS_PER_FORWARD = 8
 
 
-def conditions_per_forward(model: Any, shape: Sequence[int]) -> int:
+def conditions_per_forward(model: Any, shape: Sequence[int], latents: int = 0, new_tokens: int | None = None) -> int:
     """How many conditions to batch into one suffix forward for token batches of `shape` `(B, T)`.
 
     1 on CPU (one thread's matmuls are already efficient at B·T rows: batching only adds memory); on CUDA as many
     as fit in GPU_BATCH_SHARE of the free memory (at most MAX_CONDITIONS_PER_FORWARD), by an upper estimate of
-    one block's live activations per condition: residual copies, attention scores and pattern, MLP hidden.
+    what one condition keeps alive: one block's activations (residual copies, attention scores and pattern, MLP
+    hidden), its SAEs' `latents` per position (Σ d_sae: the latents and the encoder's pre-activations, `[N, d_sae]`
+    each; 2 GB at d_sae 131k and 4096 tokens in float32) and, when generating `new_tokens`, its KV cache
+    (`2·n_layers·n_kv_heads·d_head·(T + new_tokens)` per row).
     """
     device = torch.device(model.cfg.device) if model.cfg.device is not None else torch.device("cpu")
     if device.type != "cuda" or not torch.cuda.is_available():
         return 1
     cfg, (b, t) = model.cfg, shape
-    per_position = 8 * cfg.d_model + 3 * cfg.n_heads * t + 3 * (cfg.d_mlp or 4 * cfg.d_model)
-    per_condition = b * t * per_position * torch.finfo(cfg.dtype).bits // 8
+    per_position = 8 * cfg.d_model + 3 * cfg.n_heads * t + 3 * (cfg.d_mlp or 4 * cfg.d_model) + 2 * latents
+    elements = b * t * per_position
+    if new_tokens is not None:
+        kv_heads = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+        elements += b * 2 * cfg.n_layers * kv_heads * cfg.d_head * (t + new_tokens)
+    per_condition = elements * torch.finfo(cfg.dtype).bits // 8
     free, _ = torch.cuda.mem_get_info(device)
     return int(max(1, min(MAX_CONDITIONS_PER_FORWARD, int(free * GPU_BATCH_SHARE) // max(1, per_condition))))
 
