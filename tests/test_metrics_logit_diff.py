@@ -192,3 +192,14 @@ def test_merged_rank_states_equal_one_process() -> None:
     assert ranks[0][1].summarize([0, 3]) == pytest.approx(single_g.summarize([0, 3]), rel=1e-12)
     for got, want in zip(ranks[0][2].compute(), single_p.compute(), strict=True):
         assert torch.equal(got, want)
+
+
+def test_group_ids_out_of_range_are_refused_on_the_host() -> None:
+    """Checked on host tensors (free); on a GPU the check would sync once per condition and batch."""
+    from saeeval.metrics.generation import GenerationMetrics
+
+    for bad in ([0, 3], [-1, 0]):
+        with pytest.raises(ValueError, match=r"group ids must lie in \[0, 3\)"):
+            GroupedLogitDiff(3).update(torch.tensor([1.0, 2.0]), torch.tensor(bad))
+        with pytest.raises(ValueError, match=r"group ids must lie in \[0, 3\)"):
+            GenerationMetrics(3, 4).labels.update(torch.tensor([0, 1]), torch.tensor(bad), torch.tensor([1.0, -1.0]))

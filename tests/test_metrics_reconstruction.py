@@ -171,6 +171,12 @@ def test_row_chunking_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
         torch.testing.assert_close(chunked.compute()[key], value, rtol=1e-12, atol=1e-15, msg=key)
 
 
+def test_a_gpu_updates_in_8x_larger_chunks() -> None:
+    """256 rows per chunk at d_sae 131k instead of the CPU's 32: 8× fewer kernel launches per SAE and batch."""
+    assert reconstruction.chunk_rows(131_072, torch.device("cpu")) == 32
+    assert reconstruction.chunk_rows(131_072, torch.device("cuda")) == 256
+
+
 def test_empty_update_is_noop_and_zero_reconstruction_gives_nan_not_inf() -> None:
     metric = Reconstruction(4, 3)
     metric.update(torch.empty(0, 4), torch.empty(0, 4), torch.empty(0, 3))

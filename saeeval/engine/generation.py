@@ -80,14 +80,19 @@ def stacked_hooks(
             None if c is None else (at.ablate if c.ablation is not None else at.splice)[i * b : (i + 1) * b]
             for i, c in enumerate(conds)
         ]
-        if not any(m is not None and bool(m.any()) for m in masks):
+        # which conditions splice anything in this forward: one host sync per forward, not per hook and condition
+        spliced = [m is not None for m in masks]
+        if any(spliced):
+            found = iter(torch.stack([m.any() for m in masks if m is not None]).tolist())
+            spliced = [bool(next(found)) if s else False for s in spliced]
+        if not any(spliced):
             return []
 
         def splice(act: Tensor, hook: Any) -> Tensor:
             pieces = []
             for i, (c, m) in enumerate(zip(conds, masks, strict=True)):
                 rows = act[i * b : (i + 1) * b]
-                touched = c is not None and m is not None and hook.name in c.hooks and bool(m.any())
+                touched = c is not None and m is not None and spliced[i] and hook.name in c.hooks
                 pieces.append(splicer.replacement(c, hook.name, rows, m, means)[0] if touched else rows)
             return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 

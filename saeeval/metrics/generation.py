@@ -16,6 +16,8 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 from torchmetrics.utilities.distributed import gather_all_tensors
 
+from saeeval.metrics.logit_diff import check_group_ids
+
 COUNTS = ("n", "n_parsed", "n_correct", "n_agree")
 CORRECT, INCORRECT = 0, 1
 """Parsed answers index the candidates (correct, incorrect); saeeval.tasks.answer_parsing.UNPARSED is -1."""
@@ -55,10 +57,9 @@ class GeneratedLabels(Metric):
             )
         if parsed.numel() == 0:
             return
+        check_group_ids(group, self.num_groups)
         dev = self.n.device
         parsed, group = parsed.to(dev).long(), group.to(dev).long()
-        if int(group.min()) < 0 or int(group.max()) >= self.num_groups:
-            raise ValueError(f"group ids must lie in [0, {self.num_groups})")
         preferred = torch.where(logit_diff.to(dev) > 0, CORRECT, INCORRECT)
         onehot = torch.nn.functional.one_hot(group, self.num_groups)
         for name, hit in (

@@ -24,6 +24,16 @@ def _check_pair(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
         raise ValueError(f"{name_a} {tuple(a.shape)} and {name_b} {tuple(b.shape)} differ in shape")
 
 
+def check_group_ids(group: Tensor, num_groups: int) -> None:
+    """Group ids must lie in [0, num_groups). Checked where that is free, on host tensors: on a GPU reading the
+    range would stop the stream once per condition and batch, and the ids come from the task's own group list."""
+    if group.device.type != "cpu" or group.numel() == 0:
+        return
+    low, high = int(group.min()), int(group.max())
+    if low < 0 or high >= num_groups:
+        raise ValueError(f"group ids must lie in [0, {num_groups}), got values in [{low}, {high}]")
+
+
 def _check_1d(name: str, value: Tensor) -> None:
     if value.ndim != 1:
         raise ValueError(f"{name} must be 1-D [batch], got shape {tuple(value.shape)}")
@@ -98,10 +108,8 @@ class GroupedLogitDiff(_LogitDiffSums):
         _check_pair("logit_diff", logit_diff, "group", group)
         if logit_diff.numel() == 0:
             return
+        check_group_ids(group, self.num_groups)
         group = group.detach().to(self.n.device).long()
-        low, high = int(group.min()), int(group.max())
-        if low < 0 or high >= self.num_groups:
-            raise ValueError(f"group ids must lie in [0, {self.num_groups}), got values in [{low}, {high}]")
         d = logit_diff.detach().to(device=self.n.device, dtype=_F64)
         # One-hot sums instead of index_add_/bincount: deterministic on every device.
         onehot = torch.nn.functional.one_hot(group, self.num_groups).to(_F64)

@@ -12,7 +12,17 @@ from saeeval.metrics.stats import safe_ratio
 
 _F64 = torch.float64
 CHUNK_ELEMENTS = 1 << 22
-"""Rows are processed in chunks of about this many elements, so the float64 upcast stays small (32 MiB)."""
+"""On CPU rows are processed in chunks of about this many elements, so the float64 upcast stays small (32 MiB)."""
+GPU_CHUNK_ELEMENTS = 1 << 25
+"""On a GPU chunks are 8× larger (256 MiB per float64 temporary): at d_sae 131k a 32-row chunk would cost one kernel
+launch per few microseconds of work, ~1,000 launches per SAE and batch."""
+
+
+def chunk_rows(width: int, device: torch.device) -> int:
+    """Rows per chunk for `[N, width]` inputs on `device`."""
+    elements = GPU_CHUNK_ELEMENTS if device.type == "cuda" else CHUNK_ELEMENTS
+    return max(1, elements // max(1, width))
+
 
 _SCALARS = (
     "n",
@@ -96,7 +106,7 @@ class Reconstruction(Metric):
         self._update_sparsity(feats.detach())
 
     def _update_dense(self, x: Tensor, x_hat: Tensor) -> None:
-        rows = max(1, CHUNK_ELEMENTS // self.d_in)
+        rows = chunk_rows(self.d_in, x.device)
         dev = self.n.device
         for start in range(0, x.shape[0], rows):
             xc = x[start : start + rows].to(_F64)
@@ -116,7 +126,7 @@ class Reconstruction(Metric):
             self.sum_x += xc.sum(0).to(dev)
 
     def _update_sparsity(self, feats: Tensor) -> None:
-        rows = max(1, CHUNK_ELEMENTS // self.d_sae)
+        rows = chunk_rows(self.d_sae, feats.device)
         dev = self.n.device
         for start in range(0, feats.shape[0], rows):
             fc = feats[start : start + rows]
