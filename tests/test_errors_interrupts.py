@@ -18,27 +18,43 @@ pytestmark = pytest.mark.slow
 LINE = "saeeval: interrupted; nothing written, rerun to resume"
 
 
-# Loaded by the child through PYTHONPATH: marks the first scored batch, so the test knows the run is mid-way.
-SITECUSTOMIZE = """
+# Loaded by the child through PYTHONPATH: marks where the run is, so the test knows when to press Ctrl-C.
+SITECUSTOMIZE_BATCH = """
 import os, pathlib
 import saeeval.engine.module
 
 def on_test_batch_start(self, *args, **kwargs):
-    pathlib.Path(os.environ["SAEEVAL_TEST_BATCH_MARKER"]).touch()
+    pathlib.Path(os.environ["SAEEVAL_TEST_MARKER"]).touch()
 
 saeeval.engine.module.SAEEvalModule.on_test_batch_start = on_test_batch_start
 """
+# Marks that the command's boundary is in place (Python's own start-up and `import saeeval` come before it, about
+# 0.2 s; a fixed sleep fell inside them on a loaded machine). Hydra, torch and Lightning are imported after it.
+SITECUSTOMIZE_BOUNDARY = """
+import os, pathlib
+import saeeval.cli.boundary as boundary
+
+run_cli = boundary.run_cli
+
+def marked(main):
+    pathlib.Path(os.environ["SAEEVAL_TEST_MARKER"]).touch()
+    return run_cli(main)
+
+boundary.run_cli = marked
+"""
 
 
-def start(out: Path, *overrides: str, marker: Path | None = None) -> tuple[subprocess.Popen, list[str]]:
+def start(
+    out: Path, *overrides: str, marker: Path | None = None, hook_code: str = SITECUSTOMIZE_BATCH
+) -> tuple[subprocess.Popen, list[str]]:
     env = dict(os.environ)
     if marker is not None:
         hook = marker.parent / "hook"
         hook.mkdir()
-        (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
+        (hook / "sitecustomize.py").write_text(hook_code)
         env.update(
             PYTHONPATH=os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")])),
-            SAEEVAL_TEST_BATCH_MARKER=str(marker),
+            SAEEVAL_TEST_MARKER=str(marker),
         )
     proc = subprocess.Popen(
         [sys.executable, "-m", "saeeval", "+task=toxicity", "force=true", *overrides, f"hydra.run.dir={out}"],
@@ -63,14 +79,19 @@ def finish(proc: subprocess.Popen, lines: list[str]) -> list[str]:
 
 
 def test_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path):
-    before = with_prior_results(tmp_path)
-    proc, lines = start(tmp_path)
-    time.sleep(1.0)  # inside imports / config composition
+    out, marker = tmp_path / "out", tmp_path / "started"
+    before = with_prior_results(out)
+    proc, lines = start(out, marker=marker, hook_code=SITECUSTOMIZE_BOUNDARY)
+    deadline = time.monotonic() + 60
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None and marker.exists(), "the command never reached its boundary"
+    time.sleep(0.3)  # inside the imports of Hydra, torch and Lightning / config composition
     proc.send_signal(signal.SIGINT)
-    out = finish(proc, lines)
-    assert proc.returncode == 130, out
-    assert out == [LINE]
-    assert digest(tmp_path) == before
+    printed = finish(proc, lines)
+    assert proc.returncode == 130, printed
+    assert printed == [LINE]
+    assert digest(out) == before
 
 
 def test_ctrl_c_mid_run_is_one_line_and_exit_130(tmp_path):
