@@ -15,6 +15,7 @@ from cli_harness import digest, run_inprocess, with_prior_results
 from safetensors.torch import load_file, save_file
 
 from saeeval.api.results import Results
+from saeeval.loading.models import load_model
 from saeeval.loading.zoo import default_zoo_root
 from saeeval.publish.html_report import build_report
 
@@ -152,10 +153,7 @@ def overflowing_model(folder: Path, key: str, scale: float) -> Path:
     return folder
 
 
-@pytest.mark.parametrize(
-    ("key", "scale", "site"),
-    [("blocks.1.mlp.W_out", 2e4, "final residual stream"), ("unembed.W_U", 1e4, "logits")],
-)
+@pytest.mark.parametrize(("key", "scale", "site"), [("blocks.1.mlp.W_out", 2e4, "final residual stream")])
 def test_float16_overflow_in_the_model_names_clean(tmp_path, capfd, key, scale, site):
     model = overflowing_model(tmp_path / "hot_model", key, scale)
     fine = run_inprocess(
@@ -170,3 +168,22 @@ def test_float16_overflow_in_the_model_names_clean(tmp_path, capfd, key, scale, 
     outcome.assert_one_line_error(f"condition 'clean' became non-finite at {site}", "run it in float32 (dtype=float32)")
     clean = read_doc(out)["conditions"]["clean"]
     assert clean["lm"]["ce_loss"] == "nan" and clean["non_finite"][site] > 0
+
+
+def test_float16_logits_beyond_its_range_stay_finite_because_logits_are_float32(tmp_path, capfd):
+    """W_U × 1e4 is still finite in float16 and so is the residual, but the logits pass float16's 65504: they are
+    computed in float32 (saeeval.engine.unembed), so the run completes with finite CE, KL and logit differences."""
+    model = overflowing_model(tmp_path / "hot_model", "unembed.W_U", 1e4)
+    half = load_model(str(model), device="cpu", dtype="float16")
+    with torch.no_grad():  # TransformerLens's own float16 unembedding overflows on these weights
+        assert half(torch.tensor([[1, 5, 9, 20, 33]])).isinf().any()
+    out = tmp_path / "f16"
+    outcome = run_inprocess(
+        "+task=ioi", f"model.name={model}", "dtype=float16", "limit=16", "plot=false", out=out, capfd=capfd
+    )
+    assert outcome.code == 0, outcome.stderr
+    conds = read_doc(out)["conditions"]
+    assert abs(conds["clean"]["task"]["logit_diff"]) > 655  # logits of this size exceed float16's range
+    for name, cond in conds.items():
+        assert "non_finite" not in cond, name
+        assert math.isfinite(cond["lm"]["ce_loss"]) and math.isfinite(cond["task"]["logit_diff"]), name
