@@ -168,51 +168,49 @@ def test_integrated_gradients_are_complete_and_exact_for_one_moving_latent(zoo):
         torch.testing.assert_close(one[:, j], exact, atol=2e-3 * max(exact.abs().max().item(), 0.1), rtol=0)
 
 
-def test_a_null_edit_has_exactly_zero_effect_in_bfloat16(zoo):
+@pytest.fixture
+def bf16_probe(zoo):
+    """The zoo model and its resid_post SAE in bf16 (put back to float32 afterwards), a probe and a clean pass."""
+    model, saes, _, batch, mask = zoo
+    name = "blocks.0.hook_resid_post"
+    half = Splicer(model.to(torch.bfloat16), {name: saes[name].to(dtype=torch.bfloat16)})
+    try:
+        probe = LatentProbe(half, name, "END")
+        yield probe, half.clean(batch["tokens"], batch["attention_mask"], [probe.hook]), batch, mask
+    finally:
+        model.to(torch.float32)
+        saes[name].to(dtype=torch.float32)
+
+
+def test_a_null_edit_has_exactly_zero_effect_in_bfloat16(bf16_probe):
     """Effects are measured against an unedited copy in the same forward: latents that are already at the patch
     value change nothing, exactly, even in bf16 and beside edits that do change the answer."""
-    model, saes, _, batch, mask = zoo
-    name = "blocks.0.hook_resid_post"
-    half = Splicer(model.to(torch.bfloat16), {name: saes[name].to(dtype=torch.bfloat16)})
-    try:
-        probe = LatentProbe(half, name, "END")
-        clean = half.clean(batch["tokens"], batch["attention_mask"], [probe.hook])
-        f, _ = probe.prepare(clean, mask)
-        silent = (f == 0).all(0).nonzero()[:, 0].tolist()
-        live = f.abs().sum(0).argsort(descending=True)[:3].tolist()
-        assert len(silent) >= 2
-        edits = [[silent[0]], live[:1], silent[:2], live, [silent[1]]]
-        effects = ablation_effects(probe, clean, mask, batch, torch.zeros(probe.d_sae), edits, latents_per_forward=5)
-        assert (effects[:, [0, 2, 4]] == 0).all()
-        assert effects[:, 3].abs().min() > 0
-    finally:
-        model.to(torch.float32)
-        saes[name].to(dtype=torch.float32)
+    probe, clean, batch, mask = bf16_probe
+    f, _ = probe.prepare(clean, mask)
+    silent = (f == 0).all(0).nonzero()[:, 0].tolist()
+    live = f.abs().sum(0).argsort(descending=True)[:3].tolist()
+    assert len(silent) >= 2
+    edits = [[silent[0]], live[:1], silent[:2], live, [silent[1]]]
+    effects = ablation_effects(probe, clean, mask, batch, torch.zeros(probe.d_sae), edits, latents_per_forward=5)
+    assert (effects[:, [0, 2, 4]] == 0).all()
+    assert effects[:, 3].abs().min() > 0
 
 
-def test_integrated_gradients_midpoints_stay_distinct_in_bfloat16(zoo, monkeypatch):
+def test_integrated_gradients_midpoints_stay_distinct_in_bfloat16(bf16_probe, monkeypatch):
     """256 IG steps on a bf16 SAE evaluate 256 distinct float32 midpoints (bf16 has 8 bits: (k + ½)/256 would
     repeat) and sum their gradients in float32."""
-    model, saes, _, batch, mask = zoo
-    name = "blocks.0.hook_resid_post"
-    half = Splicer(model.to(torch.bfloat16), {name: saes[name].to(dtype=torch.bfloat16)})
-    try:
-        probe = LatentProbe(half, name, "END")
-        clean = half.clean(batch["tokens"], batch["attention_mask"], [probe.hook])
-        seen = []
-        gradients = probe.gradients
+    probe, clean, batch, mask = bf16_probe
+    seen = []
+    gradients = probe.gradients
 
-        def record(clean, mask, batch, f, points):
-            seen.append(points.detach())
-            return gradients(clean, mask, batch, f, points)
+    def record(clean, mask, batch, f, points):
+        seen.append(points.detach())
+        return gradients(clean, mask, batch, f, points)
 
-        monkeypatch.setattr(probe, "gradients", record)
-        f, _ = probe.prepare(clean, mask)
-        n, j = (f != 0).nonzero()[0].tolist()
-        ig, _, _ = attribution(probe, clean, mask, batch, torch.zeros(probe.d_sae), "ig", 256, 64)
-        points = torch.cat(seen)
-        assert points.dtype == torch.float32 and ig.dtype == torch.float32
-        assert points[:, n, j].unique().numel() == 256
-    finally:
-        model.to(torch.float32)
-        saes[name].to(dtype=torch.float32)
+    monkeypatch.setattr(probe, "gradients", record)
+    f, _ = probe.prepare(clean, mask)
+    n, j = (f != 0).nonzero()[0].tolist()
+    ig, _, _ = attribution(probe, clean, mask, batch, torch.zeros(probe.d_sae), "ig", 256, 64)
+    points = torch.cat(seen)
+    assert points.dtype == torch.float32 and ig.dtype == torch.float32
+    assert points[:, n, j].unique().numel() == 256
