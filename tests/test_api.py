@@ -188,6 +188,20 @@ def test_a_trainer_whose_precision_casts_the_weights_still_leaves_them_as_they_w
     assert all(p.dtype == torch.float32 for m in (model, *saes) for p in m.parameters())
 
 
+def test_evaluate_on_a_bfloat16_model_leaves_it_as_it_was():
+    """A notebook's bf16 model (as saeeval.load_model gives it: TransformerLens keeps the attention's `IGNORE`
+    buffer in float32): evaluating converts that buffer in Lightning's inference mode, and restoring the caller's
+    weights afterwards must still work."""
+    model = saeeval.load_model("tiny", device="cpu", dtype="bfloat16")
+    saes = list(saeeval.load_saes(model, source="zoo", name="tiny").values())[:1]
+    before = snapshot(model, saes)
+    r = saeeval.evaluate(model, saes, "ioi", limit=4)
+    assert r.conditions["clean"]["task"]["n"] == 4
+    assert_same_snapshot(before, snapshot(model, saes))
+    assert model.cfg.dtype == torch.bfloat16 and saes[0].dtype == torch.bfloat16
+    assert not any(t.is_inference() for m in (model, *saes) for t in m.state_dict().values())
+
+
 @pytest.mark.parametrize(
     ("device", "trainer", "expected"),
     [

@@ -201,13 +201,18 @@ class SAEEvalModule(L.LightningModule):
         inputs to `SAE.dtype`, so without this a rank on `cuda:1` would send its tokens to `cuda:0` and a
         `64-true` run would still encode in float32. The device keeps its index (`cuda:1`): TransformerLens's own
         `.to(torch.device)` would keep only the type.
+
+        Outside inference mode (Lightning's test loop runs in it): a buffer the move converts (TransformerLens keeps
+        its attention's `IGNORE` in float32 beside bf16 weights) would otherwise become an inference tensor, which
+        the caller's model could never be written into again (`evaluate` restores the weights it was given).
         """
         param = next(self.model.parameters())
-        self.model.to(str(param.device), print_details=False)
-        self.model.to(param.dtype, print_details=False)
-        for sae in self.saes.values():
-            sae_param = next(sae.parameters())
-            sae.to(device=sae_param.device, dtype=sae_param.dtype)
+        with torch.inference_mode(False):
+            self.model.to(str(param.device), print_details=False)
+            self.model.to(param.dtype, print_details=False)
+            for sae in self.saes.values():
+                sae_param = next(sae.parameters())
+                sae.to(device=sae_param.device, dtype=sae_param.dtype)
 
     @torch.no_grad()
     def _mean_activations(self) -> dict[str, Tensor]:
